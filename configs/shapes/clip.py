@@ -1,0 +1,40 @@
+"""CLIP on the built-in shapes dataset, 32 px: the first stage of the shapes unCLIP run.
+
+Run (2-core CPU, no accelerator):
+    python -m dalle2_jax.train --config=configs/shapes/clip.py --workdir=runs/clip
+
+Variants: `configs/shapes/clip.py:res=64` trains on 64 px images (patch 8, same token count).
+Measured results are in the README (section "Results"), with the commands that produced them.
+"""
+
+from dalle2_jax import config_schema
+
+
+def get_config(arg: str | None = None):
+    """`arg`: 'res=32' (default) or 'res=64'."""
+    options = dict(kv.split("=", 1) for kv in (arg or "res=32").split(",") if kv)
+    resolution = int(options.get("res", 32))
+
+    config = config_schema.for_stage("clip")
+    config.data.resolution = resolution
+    config.data.batch_size = 256
+    config.data.eval_batch_size = 512
+
+    config.model.embed_dim = 128
+    config.model.vision.patch_size = resolution // 8  # 8 x 8 = 64 patches
+    config.model.vision.width = 128
+    config.model.vision.depth = 4
+    config.model.vision.num_heads = 4
+    config.model.text.width = 128
+    config.model.text.depth = 3
+    config.model.text.num_heads = 4
+
+    config.optim.learning_rate = 2e-3
+    config.optim.warmup_steps = 100
+    config.optim.weight_decay = 0.05
+
+    config.train.num_steps = 1500
+    config.train.log_every = 50
+    config.train.eval_every = 500
+    config.train.checkpoint_every = 500
+    return config

@@ -1,0 +1,90 @@
+"""Input pipeline: TFDS array_record sources read through grain.
+
+Why grain rather than tf.data: grain reads TFDS `array_record` files through `tfds.data_source`
+without TensorFlow, its order is a pure function of (seed, index) so it is deterministic across
+restarts and host counts, and its iterator state is a few bytes of JSON that the checkpoint
+stores, which makes resume exact. Each host reads only its own slice of the examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from dalle2_jax.data import shapes
+
+Example = Mapping[str, Any]
+
+
+class DatasetError(ValueError):
+    """The configured dataset cannot be opened; the message names the config field."""
+
+
+def open_splits(data_cfg: Any, splits: Sequence[str]) -> dict[str, Any]:
+    """Random-access sources for `splits` of the dataset named by `data.name`.
+
+    `shapes` is procedural: it is generated into `data.data_dir` on first use. Any other name
+    must be a TFDS dataset already prepared there in array_record format.
+    """
+    data_dir = data_cfg.data_dir or None
+    if data_cfg.name == "shapes":
+        builder = shapes.shapes_builder(
+            data_dir=data_dir,
+            resolution=data_cfg.resolution,
+            train_size=data_cfg.train_size,
+            validation_size=data_cfg.validation_size,
+            heldout_size=data_cfg.heldout_size,
+            seed=data_cfg.dataset_seed,
+        )
+        if jax.process_index() == 0:
+            builder.download_and_prepare()
+        # Other hosts of a multi-host run read what host 0 wrote (a shared filesystem).
+    else:
+        try:
+            builder = tfds.builder(data_cfg.name, data_dir=data_dir, file_format="array_record")
+        except Exception as e:  # noqa: BLE001 - TFDS raises several kinds for an unknown name
+            raise DatasetError(f"data.name={data_cfg.name!r}: no such TFDS dataset ({e})") from None
+        if not builder.is_prepared():
+            raise DatasetError(
+                f"data.name={data_cfg.name!r}: not prepared under data.data_dir="
+                f"{builder.data_dir_root!r}; run `tfds build {data_cfg.name} "
+                "--file_format=array_record` there first"
+            )
+    available = set(builder.info.splits)
+    for split in splits:
+        if split not in available:
+            raise DatasetError(f"data.name={data_cfg.name!r} has no split {split!r} ({sorted(available)})")
+    return {split: builder.as_data_source(split=split) for split in splits}
+
+
+def train_iterator(
+    source: Any,
+    transform: Callable[[Example], Example],
+    global_batch_size: int,
+    seed: int,
+    num_threads: int,
+    prefetch: int,
+) -> grain.DatasetIterator:
+    """Endless, shuffled (differently each epoch), batched iterator over this host's examples."""
+    count, index = jax.process_count(), jax.process_index()
+    dataset = (
+        grain.MapDataset.source(source)[index::count]
+        .shuffle(seed=seed % 2**32)
+        .repeat()
+        .map(transform)
+        .batch(global_batch_size // count, drop_remainder=True)
+    )
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    return iter(dataset.to_iter_dataset(options))
+
+
+def load_all(source: Any, transform: Callable[[Example], Example], limit: int = 0) -> dict[str, np.ndarray]:
+    """Every example of a (small) split, transformed and stacked: for evaluation."""
+    n = len(source) if limit <= 0 else min(limit, len(source))
+    dataset = grain.MapDataset.source(source)[:n].map(transform).batch(n)
+    return dataset[0]

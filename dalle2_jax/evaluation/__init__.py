@@ -1,0 +1,1 @@
+"""Evaluation metrics (numpy): retrieval, zero-shot classification, and later image metrics."""

@@ -1,0 +1,1 @@
+"""Meshes and sharding: the only place that knows mesh axis names."""

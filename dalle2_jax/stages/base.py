@@ -1,0 +1,30 @@
+"""What the training loop needs from a stage; stages know nothing of meshes or optimizers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+# Runs fn(params, batch) -> arrays over host arrays in sharded global batches (see loop.Inference).
+InferFn = Callable[[Callable[[Any, Mapping[str, jax.Array]], Any], Any, Mapping[str, np.ndarray]], Any]
+
+
+class Stage(Protocol):
+    """One trainable part of unCLIP."""
+
+    def init_params(self, rng: jax.Array) -> Any:
+        """Parameters boxed with their logical axis names (`nn.with_logical_partitioning`)."""
+
+    def loss(
+        self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Scalar training loss and scalar metrics for one global batch."""
+
+    def train_data(self) -> tuple[Any, Callable[[Mapping[str, Any]], dict[str, np.ndarray]]]:
+        """A random-access source of training examples and the per-example transform."""
+
+    def evaluate(self, params: Any, infer: InferFn) -> dict[str, float]:
+        """Evaluation metrics, computed with `infer` for everything that runs the model."""

@@ -1,0 +1,126 @@
+"""Trains the stage a config names, in a workdir, resuming from its latest checkpoint.
+
+    python -m dalle2_jax.train --config=configs/shapes/clip.py --workdir=runs/clip \
+        [--config.train.num_steps=2000 ...]
+
+The resolved config is saved as `WORKDIR/config.json`. Rerunning with the same workdir resumes;
+a config that differs from the saved one in anything but run-length and logging fields is
+refused, so a finished or half-finished run is never silently continued as another experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorBoard writing imports TensorFlow
+
+from absl import app, flags, logging  # noqa: E402
+from etils import epath  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+
+# Fields that may change between runs in one workdir: they do not change what is learned up to
+# the step reached (num_steps does change the cosine schedule's length; a warning says so).
+RESUMABLE_CHANGES = (
+    "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.async_checkpointing", "data.num_threads", "data.prefetch",
+    "data.eval_batch_size", "data.eval_limit", "data.data_dir", "mesh.num_cpu_devices",
+)
+
+
+class UsageError(ValueError):
+    """Bad command-line input, reported as one line."""
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_workdir_config(saved_json: str, config_json: str) -> list[str]:
+    """Fields whose change is allowed on resume; raises UsageError naming a field that is not."""
+    saved, current = _flatten(json.loads(saved_json)), _flatten(json.loads(config_json))
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    for field in changed:
+        if field not in RESUMABLE_CHANGES:
+            raise UsageError(
+                f"config.{field}={current.get(field)!r} differs from {saved.get(field)!r} in the "
+                "workdir's config.json: use a new --workdir for a different experiment")
+    return changed
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with config errors (unknown field, missing file) as one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}")
+    except (AttributeError, KeyError) as e:  # ml_collections: override of an unknown field
+        message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ")
+        sys.exit(f"error: config override names an unknown field: {message}")
+
+
+def _prepare_devices(config) -> None:
+    """Splits the CPU into one device per core (before any JAX backend starts)."""
+    import jax
+
+    count = config.mesh.num_cpu_devices or os.cpu_count() or 1
+    jax.config.update("jax_num_cpu_devices", count)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config_arg = flags.FLAGS["config"].serialize().split("=", 1)[-1]
+    if not config_arg or not _WORKDIR.value:
+        sys.exit("error: --config and --workdir are required")
+    config_path = config_arg.split(":", 1)[0]
+    if not os.path.isfile(config_path):
+        sys.exit(f"error: --config={config_path}: no such file")
+    config = _CONFIG.value
+
+    _prepare_devices(config)
+    import jax
+
+    from dalle2_jax import config_schema
+    from dalle2_jax.parallel.mesh import ConfigError
+    from dalle2_jax.stages import make_stage
+    from dalle2_jax.training.loop import train_and_evaluate
+
+    workdir = epath.Path(_WORKDIR.value)
+    try:
+        config_schema.validate(config)
+        config_json = config.to_json(sort_keys=True, indent=2)
+        saved = workdir / "config.json"
+        if saved.exists():
+            changed = check_workdir_config(saved.read_text(), config_json)
+            if "train.num_steps" in changed:
+                logging.warning("train.num_steps changed: the learning-rate schedule is stretched.")
+        stage = make_stage(config)
+    except (ConfigError, UsageError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(config_json)
+    _, metrics = train_and_evaluate(config, str(workdir), stage)
+    for name, value in sorted(metrics.items()):
+        logging.info("final %s = %.4f", name, value)
+
+
+def run() -> None:
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""The generic training loop and what it needs: state, optimizer, checkpoints, metrics."""
