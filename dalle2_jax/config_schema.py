@@ -56,8 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 4  # grain prefetch buffer (elements)
 
     c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.kind = "bytes"  # 'bytes': UTF-8 bytes + start/end/pad tokens
+    c.tokenizer.kind = "bytes"  # 'bytes': UTF-8 bytes; 'words': hashed lower-cased words
     c.tokenizer.context_length = 64  # tokens per caption, start and end included
+    c.tokenizer.vocab_size = 8192  # 'words' only: ids words are hashed into (bytes: fixed 259)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3  # peak learning rate

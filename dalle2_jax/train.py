@@ -11,6 +11,7 @@ refused, so a finished or half-finished run is never silently continued as anoth
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import sys
 
@@ -70,6 +71,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"error: config override names an unknown field: {message}")
 
 
+class _QuietLibraries:
+    """Drops the INFO chatter of orbax and TFDS (warnings and errors still show)."""
+
+    _noisy = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/xla_bridge")
+
+    def filter(self, record) -> bool:
+        return record.levelno >= std_logging.WARNING or not any(n in record.pathname for n in self._noisy)
+
+
 def _prepare_devices(config) -> None:
     """Splits the CPU into one device per core (before any JAX backend starts)."""
     import jax
@@ -88,6 +98,7 @@ def main(argv: list[str]) -> None:
     if not os.path.isfile(config_path):
         sys.exit(f"error: --config={config_path}: no such file")
     config = _CONFIG.value
+    logging.get_absl_handler().addFilter(_QuietLibraries())
 
     _prepare_devices(config)
     import jax

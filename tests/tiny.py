@@ -21,7 +21,7 @@ TINY_CLIP_OVERRIDES = {
     "model.text.width": 16,
     "model.text.depth": 1,
     "model.text.num_heads": 2,
-    "tokenizer.context_length": 64,
+    "tokenizer.context_length": 16,
     "optim.warmup_steps": 2,
     "train.num_steps": 6,
     "train.log_every": 2,

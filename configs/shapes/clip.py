@@ -3,7 +3,7 @@
 Run (2-core CPU, no accelerator):
     python -m dalle2_jax.train --config=configs/shapes/clip.py --workdir=runs/clip
 
-Variants: `configs/shapes/clip.py:res=64` trains on 64 px images (patch 8, same token count).
+Variants: `configs/shapes/clip.py:res=64` trains on 64 px images (patch 16, same token count).
 Measured results are in the README (section "Results"), with the commands that produced them.
 """
 
@@ -19,9 +19,13 @@ def get_config(arg: str | None = None):
     config.data.resolution = resolution
     config.data.batch_size = 256
     config.data.eval_batch_size = 512
+    # Hashed words: a caption is ~12 tokens instead of ~60 bytes, which makes the text tower
+    # about 4x cheaper than the byte tokenizer on this CPU.
+    config.tokenizer.kind = "words"
+    config.tokenizer.context_length = 16
 
     config.model.embed_dim = 128
-    config.model.vision.patch_size = resolution // 8  # 8 x 8 = 64 patches
+    config.model.vision.patch_size = resolution // 4  # 4 x 4 = 16 patches (8 px each at 32 px)
     config.model.vision.width = 128
     config.model.vision.depth = 4
     config.model.vision.num_heads = 4
@@ -33,8 +37,8 @@ def get_config(arg: str | None = None):
     config.optim.warmup_steps = 100
     config.optim.weight_decay = 0.05
 
-    config.train.num_steps = 1500
+    config.train.num_steps = 600
     config.train.log_every = 50
-    config.train.eval_every = 500
-    config.train.checkpoint_every = 500
+    config.train.eval_every = 200
+    config.train.checkpoint_every = 200
     return config

@@ -21,6 +21,7 @@ class JsonlWriter(metric_writers.MetricWriter):
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         self._file.write(json.dumps(record) + "\n")
+        self._file.flush()  # readers (and the resume tests) follow the file live
 
     def flush(self) -> None:
         self._file.flush()

@@ -1,0 +1,1 @@
+"""The unCLIP models: CLIP, the diffusion prior and the decoder/upsampler UNets."""
