@@ -60,7 +60,7 @@ def test_unknown_field_in_a_config_file():
         ("mesh.data", 16, r"mesh.data: the mesh .* needs 16 devices but 8 are present"),
         ("mesh.fsdp", 3, r"mesh.data=-1: the other axes multiply to 3"),
         ("model.vision.patch_size", 5, r"model.vision.patch_size=5 does not divide .*data.resolution=32"),
-        ("model.text.num_heads", 3, r"model.text.num_heads=3 does not divide model.text.width"),
+        ("model.text.num_heads", 3, r"model.text.num_heads=3 must divide model.text.width=128"),
         ("train.grad_accum_steps", 3, r"train.grad_accum_steps=3"),
         ("dtype", "float8", r"dtype='float8'"),
         ("stage", "painter", r"stage='painter'"),

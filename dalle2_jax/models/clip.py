@@ -219,34 +219,15 @@ class CLIP(nn.Module):
                 f"model.text.eot_token_id={text.eot_token_id} is outside the vocabulary "
                 f"(model.text.vocab_size={text.vocab_size})"
             )
-        remat = cfg.get("remat", False)
-        activation = cfg.get("activation", "gelu")
+        def tower(section: ml_collections.ConfigDict, **specific: Any) -> dict[str, Any]:
+            return dict(width=section.width, depth=section.depth, num_heads=section.num_heads,
+                        mlp_ratio=section.get("mlp_ratio", 4.0), embed_dim=cfg.embed_dim, dtype=dtype,
+                        remat=cfg.get("remat", False), activation=cfg.get("activation", "gelu"), **specific)
+
         return cls(
-            vision=VisionTransformer(
-                image_size=vision.image_size,
-                patch_size=vision.patch_size,
-                width=vision.width,
-                depth=vision.depth,
-                num_heads=vision.num_heads,
-                embed_dim=cfg.embed_dim,
-                mlp_ratio=vision.get("mlp_ratio", 4.0),
-                dtype=dtype,
-                remat=remat,
-                activation=activation,
-            ),
-            text=TextTransformer(
-                context_length=text.context_length,
-                vocab_size=text.vocab_size,
-                width=text.width,
-                depth=text.depth,
-                num_heads=text.num_heads,
-                embed_dim=cfg.embed_dim,
-                eot_token_id=text.eot_token_id,
-                mlp_ratio=text.get("mlp_ratio", 4.0),
-                dtype=dtype,
-                remat=remat,
-                activation=activation,
-            ),
+            vision=VisionTransformer(**tower(vision, image_size=vision.image_size, patch_size=vision.patch_size)),
+            text=TextTransformer(**tower(text, context_length=text.context_length, vocab_size=text.vocab_size,
+                                         eot_token_id=text.eot_token_id)),
         )
 
     def encode_image(self, images: jax.Array) -> jax.Array:

@@ -47,16 +47,14 @@ def model_config() -> ml_collections.ConfigDict:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """CLIP-specific checks; raises ConfigError naming the field."""
-    m = config.model
-    if config.data.resolution % m.vision.patch_size:
+    patch = config.model.vision.patch_size
+    if config.data.resolution % patch:
         raise ConfigError(
-            f"model.vision.patch_size={m.vision.patch_size} does not divide the image size "
-            f"data.resolution={config.data.resolution}")
-    for tower in ("vision", "text"):
-        if m[tower].width % m[tower].num_heads:
-            raise ConfigError(
-                f"model.{tower}.num_heads={m[tower].num_heads} does not divide "
-                f"model.{tower}.width={m[tower].width}")
+            f"model.vision.patch_size={patch} does not divide the image size data.resolution={config.data.resolution}")
+    try:  # the model checks its towers (heads divide widths, EOT inside the vocabulary)
+        CLIP.from_config(resolved_model_config(config, make_tokenizer(config.tokenizer)))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def resolved_model_config(config: ml_collections.ConfigDict, tokenizer: Any) -> ml_collections.ConfigDict:

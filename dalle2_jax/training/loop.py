@@ -8,6 +8,7 @@ of non-finite updates, metric writing and FLOP/s accounting.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -176,7 +177,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
     `devices` (default: all) are the devices the mesh spans. Returns the final train state and
     the last evaluation's metrics.
     """
-    workdir = epath.Path(workdir)
+    # Orbax needs absolute paths; remote paths (gs://...) are absolute already.
+    workdir = epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
     train_cfg = config.train
     num_steps = train_cfg.num_steps
     is_chief = jax.process_index() == 0
