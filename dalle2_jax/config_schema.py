@@ -97,7 +97,10 @@ def for_stage(stage: str) -> ml_collections.ConfigDict:
     """The full default config of `stage`, locked against unknown fields."""
     c = base_config()
     c.stage = stage
-    c.model = stage_module(stage).model_config()
+    module = stage_module(stage)
+    c.model = module.model_config()
+    for name, section in getattr(module, "stage_sections", dict)().items():
+        c[name] = section
     c.lock()
     return c
 

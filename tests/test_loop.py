@@ -12,6 +12,7 @@ import pytest
 
 from dalle2_jax import config_schema
 from dalle2_jax.nn import axes
+from dalle2_jax.stages.base import Stage
 from dalle2_jax.training import checkpoint as checkpoint_lib
 from dalle2_jax.training.loop import NonFiniteError, train_and_evaluate
 
@@ -24,7 +25,7 @@ class _Linear(nn.Module):
         return x @ kernel
 
 
-class ToyStage:
+class ToyStage(Stage):
     """Least squares y = x @ W*; examples whose index is in `nan_examples` carry NaN inputs."""
 
     def __init__(self, num_examples: int = 64, nan_examples: tuple[int, ...] = ()):

@@ -150,11 +150,13 @@ def test_config_and_input_errors(model_and_params):
 
 def test_count_params_of_the_paper_config():
     """Appendix C: a 1B-parameter prior of width 2048, 24 blocks, 32 heads, on CLIP ViT-H/16."""
+    from tests.tiny import load_config
+
+    prior, clip = load_config("configs/paper/prior_1b.py"), load_config("configs/paper/clip_vit_h16.py")
+    cfg = ml_collections.ConfigDict(prior.model.to_dict())
+    cfg.embed_dim, cfg.text_width = clip.model.embed_dim, clip.model.text.width
+    cfg.max_text_length = clip.tokenizer.context_length
     w, depth, e, text_width, length = 2048, 24, 1024, 1024, 77
-    cfg = ml_collections.ConfigDict(
-        {"embed_dim": e, "text_width": text_width, "max_text_length": length, "width": w, "depth": depth,
-         "num_heads": 32, "mlp_ratio": 4.0, "remat": True}
-    )
     hidden = 4 * w
     block = (
         2 * 2 * w  # two LayerNorms

@@ -25,7 +25,8 @@ is recomputed from the clamped x0 so that the step stays consistent.
   sigma^2 = eta^2 beta~_t (Song et al. 2021, "Denoising Diffusion Implicit Models", eqs. 12, 16):
   eta = 0 is deterministic, eta = 1 is the DDPM sampler above with fixed variance.
 - `ddim_invert`: the eta = 0 update run from x_0 towards x_T, with the prediction made at the
-  current (less noisy) point, the standard approximation of the implicit inverse step.
+  current (less noisy) point, the standard approximation of the implicit inverse step, and
+  optional fixed-point refinements of it.
 - `dpm_solver_pp_2m_sample`: DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++: Fast Solver for
   Guided Sampling of Diffusion Probabilistic Models", Algorithm 2) in lambda = log(alpha / sigma)
   with data (x0) prediction; the first step and the last one (to the clean level, where
@@ -56,6 +57,11 @@ CondModelFn = Callable[[jax.Array, jax.Array, jax.Array], ModelOutput]
 Carry = TypeVar("Carry")
 
 
+def _split_output(output: ModelOutput) -> tuple[jax.Array, jax.Array | None]:
+    """(prediction, var_interp or None) from a model's output."""
+    return output if isinstance(output, tuple) else (output, None)
+
+
 def classifier_free_guidance(cond_model_fn: CondModelFn, scale: float | jax.Array) -> ModelFn:
     """A model_fn that guides `cond_model_fn(x, t, use_condition)` with guidance `scale`.
 
@@ -73,7 +79,7 @@ def classifier_free_guidance(cond_model_fn: CondModelFn, scale: float | jax.Arra
         batch = x_t.shape[0]
         use_condition = jnp.arange(2 * batch) < batch
         output = cond_model_fn(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), use_condition)
-        prediction, var_interp = output if isinstance(output, tuple) else (output, None)
+        prediction, var_interp = _split_output(output)
         prediction = prediction.astype(jnp.float32)
         cond, uncond = prediction[:batch], prediction[batch:]
         guided = uncond + scale * (cond - uncond)
@@ -108,7 +114,7 @@ def _predict(
     """(x0_hat, eps_hat, var_interp or None, t) from one model call at schedule entry i; t: int32 [B] entries."""
     t = jnp.full((x.shape[0],), i, jnp.int32)
     output = model_fn(x, schedule.timesteps[t])
-    prediction, var_interp = output if isinstance(output, tuple) else (output, None)
+    prediction, var_interp = _split_output(output)
     x0, eps = to_x0_and_eps(objective, prediction, x, t, schedule)
     if clip_x0 is not None:
         x0 = jnp.clip(x0, -clip_x0, clip_x0)
@@ -183,20 +189,36 @@ def ddim_sample(
     return _reverse_loop(schedule, step, x)
 
 
-def ddim_invert(model_fn: ModelFn, schedule: Schedule, x0: jax.Array, objective: str) -> jax.Array:
+def ddim_invert(
+    model_fn: ModelFn, schedule: Schedule, x0: jax.Array, objective: str, refine_steps: int = 0
+) -> jax.Array:
     """x_T whose eta = 0 DDIM sample over `schedule` is (approximately) `x0`.
 
-    Step i moves entry i - 1 to entry i with the prediction made at entry i - 1. The clean x0 is
-    taken as the point at entry 0 (always the original step 0, noise std sqrt(1 - alpha_bar_0),
-    e.g. 0.006 for the 1000-step cosine schedule), so N - 1 model calls for N entries.
+    DDIM's step from entry i to entry i - 1 (the clean level for i = 0) is
+    x_{i-1} = a_{i-1} (x_i - s_i eps) / a_i + s_{i-1} eps with eps = eps_hat(x_i); solved for x_i,
+    x_i = a_i (x_{i-1} - s_{i-1} eps) / a_{i-1} + s_i eps. Inversion takes eps from the point it
+    has, eps_hat(x_{i-1}) at entry max(i - 1, 0) (the usual DDIM inversion, first order: the
+    round trip is off by O(1 / N)), then `refine_steps` times re-evaluates eps at the new x_i,
+    a fixed-point iteration towards the exact inverse of the sampler's step (it contracts where
+    eps_hat varies slowly in x, everywhere but at the noisiest entries). Each refinement costs
+    one more model call per step.
     """
     check_objective(objective)
 
     def step(i: jax.Array, x: jax.Array) -> jax.Array:
-        x0_hat, eps, _, _ = _predict(model_fn, schedule, objective, x, i - 1, None)
-        return schedule.sqrt_alphas_cumprod[i] * x0_hat + schedule.sqrt_one_minus_alphas_cumprod[i] * eps
+        alpha_prev, sigma_prev = _previous_level(schedule, i)
+        alpha, sigma = schedule.sqrt_alphas_cumprod[i], schedule.sqrt_one_minus_alphas_cumprod[i]
 
-    return jax.lax.fori_loop(1, schedule.num_timesteps, step, jnp.asarray(x0, jnp.float32))
+        def move(eps: jax.Array) -> jax.Array:
+            return alpha * (x - sigma_prev * eps) / alpha_prev + sigma * eps
+
+        def refine(_: int, x_new: jax.Array) -> jax.Array:
+            return move(_predict(model_fn, schedule, objective, x_new, i, None)[1])
+
+        _, eps, _, _ = _predict(model_fn, schedule, objective, x, jnp.maximum(i - 1, 0), None)
+        return jax.lax.fori_loop(0, refine_steps, refine, move(eps))
+
+    return jax.lax.fori_loop(0, schedule.num_timesteps, step, jnp.asarray(x0, jnp.float32))
 
 
 def dpm_solver_pp_2m_sample(

@@ -1,7 +1,7 @@
 """Stages: one paper section each (CLIP, prior, decoder, upsampler): init, loss, data, eval.
 
-Each stage module defines `model_config()` (its config's `model` section), `validate_config(config)`
-and the stage class named here.
+Each stage module defines `model_config()` (its config's `model` section), `validate_config(config)`,
+optionally `stage_sections()` (further config sections of its own), and the stage class named here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dalle2_jax.stages.base import Stage
 # config.stage -> (module, stage class); modules are imported on demand.
 _STAGES = {
     "clip": ("dalle2_jax.stages.clip", "ClipStage"),
+    "prior": ("dalle2_jax.stages.prior", "PriorStage"),
 }
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import numpy as np
@@ -12,19 +13,26 @@ import numpy as np
 InferFn = Callable[[Callable[[Any, Mapping[str, jax.Array]], Any], Any, Mapping[str, np.ndarray]], Any]
 
 
-class Stage(Protocol):
+class Stage(abc.ABC):
     """One trainable part of unCLIP."""
 
+    def prepare(self, infer: InferFn) -> None:  # noqa: B027 - most stages need no preparation
+        """One-time work that runs models before training (e.g. precomputing CLIP embeddings)."""
+
+    @abc.abstractmethod
     def init_params(self, rng: jax.Array) -> Any:
         """Parameters boxed with their logical axis names (`nn.with_logical_partitioning`)."""
 
+    @abc.abstractmethod
     def loss(
         self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Scalar training loss and scalar metrics for one global batch."""
 
+    @abc.abstractmethod
     def train_data(self) -> tuple[Any, Callable[[Mapping[str, Any]], dict[str, np.ndarray]]]:
         """A random-access source of training examples and the per-example transform."""
 
+    @abc.abstractmethod
     def evaluate(self, params: Any, infer: InferFn) -> dict[str, float]:
         """Evaluation metrics, computed with `infer` for everything that runs the model."""

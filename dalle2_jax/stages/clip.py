@@ -22,6 +22,7 @@ from dalle2_jax.data.tokenizer import make_tokenizer
 from dalle2_jax.evaluation import retrieval
 from dalle2_jax.models.clip import CLIP
 from dalle2_jax.parallel.mesh import ConfigError
+from dalle2_jax.stages.base import Stage
 
 EVAL_SPLITS = ("validation", "heldout")
 
@@ -67,6 +68,16 @@ def resolved_model_config(config: ml_collections.ConfigDict, tokenizer: Any) -> 
     return m
 
 
+def clip_example(tokenizer: Any, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """One dataset example as CLIP inputs: uint8 image, caption tokens (and shapes' combination)."""
+    caption = example["caption"]
+    caption = caption.decode() if isinstance(caption, bytes) else str(caption)
+    out = {"image": np.asarray(example["image"], np.uint8), "tokens": tokenizer.encode([caption])[0]}
+    if "combination" in example:
+        out["combination"] = np.asarray(example["combination"], np.int32)
+    return out
+
+
 def to_model_images(images: jax.Array) -> jax.Array:
     """uint8 [0, 255] -> float32 [-1, 1]."""
     return images.astype(jnp.float32) / 127.5 - 1.0
@@ -83,7 +94,7 @@ def contrastive_loss(image_embed: jax.Array, text_embed: jax.Array,
     return (loss_images + loss_texts) / 2, accuracy
 
 
-class ClipStage:
+class ClipStage(Stage):
     """Trains CLIP on image-caption pairs; evaluates zero-shot on the shapes captions."""
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -103,13 +114,7 @@ class ClipStage:
         return self.model.init(rng, images, tokens)["params"]
 
     def _example(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        caption = example["caption"]
-        caption = caption.decode() if isinstance(caption, bytes) else str(caption)
-        out = {"image": np.asarray(example["image"], np.uint8),
-               "tokens": self.tokenizer.encode([caption])[0]}
-        if "combination" in example:
-            out["combination"] = np.asarray(example["combination"], np.int32)
-        return out
+        return clip_example(self.tokenizer, example)
 
     def train_data(self):
         return self._sources["train"], self._train_example

@@ -136,22 +136,22 @@ def _cost_flops(compiled: Any) -> float:
 
 
 class Inference:
-    """Runs a jitted function over host-resident arrays in global batches (for evaluation).
+    """Runs a jitted function over host-resident arrays in global batches (evaluation, and
+    stages' preparation work such as precomputing CLIP embeddings).
 
     Every host passes the same full arrays; batches are padded to the global batch size, run
-    sharded over the mesh's batch axes, and gathered back to numpy.
+    sharded over the mesh's batch axes, and gathered back to numpy. Parameters are used where
+    they already live (the train state's shardings, or replicated for a frozen model).
     """
 
-    def __init__(self, mesh, batch_sharding, param_shardings, batch_size: int):
-        self._mesh = mesh
+    def __init__(self, batch_sharding, batch_size: int):
         self._batch_sharding = batch_sharding
-        self._param_shardings = param_shardings
         self._batch_size = batch_size
         self._jitted: dict[Callable, Callable] = {}
 
     def __call__(self, fn: Callable, params: Any, arrays: dict[str, np.ndarray]) -> Any:
         if fn not in self._jitted:
-            self._jitted[fn] = jax.jit(fn, in_shardings=(self._param_shardings, self._batch_sharding))
+            self._jitted[fn] = jax.jit(fn, in_shardings=(None, self._batch_sharding))
         jitted = self._jitted[fn]
         n = len(next(iter(arrays.values())))
         bs = self._batch_size
@@ -220,6 +220,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
         logging.info("Parameters: %s (%.1f M).", f"{num_params:,}", num_params / 1e6)
 
+        infer = Inference(batch_sharding, config.data.eval_batch_size)
+        stage.prepare(infer)
         source, transform = stage.train_data()
         data_iterator = pipeline.train_iterator(
             source, transform, config.data.batch_size, data_seed,
@@ -236,7 +238,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
             logging.info("Resumed from the checkpoint of step %d in %s.", step, workdir)
         step = int(state.step)
 
-        infer = Inference(mesh, batch_sharding, state_shardings.params, config.data.eval_batch_size)
         eval_metrics: dict[str, float] = {}
 
         def evaluate(at_step: int) -> dict[str, float]:

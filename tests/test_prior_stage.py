@@ -1,0 +1,129 @@
+"""The prior stage end to end on tiny models: embeddings on disk, training, sampling, evaluation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dalle2_jax import config_schema
+from dalle2_jax.data import embeddings
+from dalle2_jax.diffusion import schedules
+from dalle2_jax.parallel.mesh import ConfigError
+from dalle2_jax.stages import make_stage
+from dalle2_jax.stages.prior import sample_embeddings
+from dalle2_jax.training.loop import train_and_evaluate
+from tests.tiny import load_config, tiny_clip_config
+
+TINY_PRIOR = {
+    "model.width": 16, "model.depth": 1, "model.num_heads": 2,
+    "data.batch_size": 16, "data.eval_batch_size": 16, "data.num_threads": 1,
+    "sampling.num_steps": 4, "sampling.guidance_scale": 2.0, "prior.eval_limit": 16,
+    "train.num_steps": 4, "train.log_every": 2, "train.eval_every": 100, "train.checkpoint_every": 100,
+}
+
+
+def set_fields(config, fields):
+    for field, value in fields.items():
+        section = config
+        *parents, name = field.split(".")
+        for parent in parents:
+            section = section[parent]
+        section[name] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def clip_workdir(shapes_data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("clip")
+    config = tiny_clip_config(shapes_data_dir, **{"train.num_steps": 2, "data.eval_limit": 16})
+    train_and_evaluate(config, str(workdir), make_stage(config))
+    (workdir / "config.json").write_text(config.to_json())
+    return str(workdir)
+
+
+def tiny_prior_config(clip_workdir, data_dir, **fields):
+    config = set_fields(load_config("configs/shapes/prior.py"), {**TINY_PRIOR, **fields})
+    config.clip.workdir = clip_workdir
+    set_fields(config, {f"data.{k}": v for k, v in tiny_clip_config(data_dir).data.items()
+                        if k in ("data_dir", "train_size", "validation_size", "heldout_size")})
+    return config
+
+
+def test_prior_trains_on_precomputed_embeddings_and_evaluates(clip_workdir, shapes_data_dir, tmp_path):
+    config = tiny_prior_config(clip_workdir, shapes_data_dir, **{"prior.embeddings_dir": str(tmp_path / "emb")})
+    state, metrics = train_and_evaluate(config, str(tmp_path / "prior"), make_stage(config))
+    assert int(state.step) == 4
+    for split, size in (("train", 256), ("validation", 64), ("heldout", 64)):
+        source = embeddings.EmbeddingSource(tmp_path / "emb", split)
+        assert len(source) == size and len(source.captions) == size
+        example = source[3]
+        assert example["image_embed"].shape == (16,) and example["text_encodings"].shape == (16, 16)
+        np.testing.assert_allclose(np.linalg.norm(example["image_embed"]), 1.0, rtol=1e-5)
+    for split in ("validation", "heldout"):
+        for name in ("cosine_prior", "cosine_text_baseline", "cosine_mean_baseline", "zero_shot_top1_prior",
+                     "zero_shot_top1_true_image"):
+            assert np.isfinite(metrics[f"eval/{split}/{name}"])
+        assert -1.0 <= metrics[f"eval/{split}/cosine_prior"] <= 1.0
+
+
+def test_sampling_is_one_compiled_loop():
+    """The model is traced once for all steps (a Python loop over timesteps would trace it per step)."""
+
+    class CountingModel:
+        traces = 0
+
+        def apply(self, variables, x_t, t, text_embed, encodings, mask, drop):
+            CountingModel.traces += 1
+            return x_t * 0.5 + text_embed * 0.1 + jnp.where(drop[:, None], 0.0, 1.0)
+
+    sampling = load_config("configs/shapes/prior.py").sampling
+    sampling.guidance_scale = 3.0
+    schedule = schedules.respace(schedules.cosine_schedule(1000), 64)
+    batch = {"text_embed": jnp.ones((4, 8)) / np.sqrt(8), "text_encodings": jnp.zeros((4, 5, 6)),
+             "text_mask": jnp.ones((4, 5), bool)}
+    fn = jax.jit(lambda rng: sample_embeddings(CountingModel(), {}, batch, rng, schedule, sampling, "x0", 2.0))
+    out = fn(jax.random.key(0))
+    fn(jax.random.key(1))
+    assert out.shape == (4, 8)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, rtol=1e-5)
+    assert CountingModel.traces == 1
+
+
+def test_embeddings_round_trip_over_several_shards(tmp_path):
+    arrays = {"image_embed": np.arange(20, dtype=np.float32).reshape(10, 2), "text_mask": np.ones((10, 3), bool)}
+    embeddings.write_split(tmp_path, "train", arrays, [f"caption {i}" for i in range(10)], shard_size=4)
+    source = embeddings.EmbeddingSource(tmp_path, "train")
+    assert len(source) == 10
+    np.testing.assert_array_equal(source[9]["image_embed"], [18, 19])
+    np.testing.assert_array_equal(source.all()["image_embed"], arrays["image_embed"])
+    assert source.captions[9] == "caption 9"
+    with pytest.raises(IndexError):
+        source[10]
+    with pytest.raises(embeddings.EmbeddingsError, match="validation"):
+        embeddings.EmbeddingSource(tmp_path, "validation")
+
+
+def test_prior_config_errors_name_the_field(clip_workdir, shapes_data_dir, tmp_path):
+    config = load_config("configs/shapes/prior.py")
+    config.clip.workdir = str(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="clip.workdir=.*not a CLIP run"):
+        make_stage(config)
+
+    config = tiny_prior_config(clip_workdir, shapes_data_dir, **{"sampling.sampler": "euler"})
+    with pytest.raises(ConfigError, match="sampling.sampler='euler'"):
+        config_schema.validate(config, num_devices=8, num_processes=1)
+
+    # A CLIP run whose config asks for more steps than its checkpoints reached is refused.
+    unfinished = tmp_path / "unfinished_clip"
+    shutil.copytree(clip_workdir, unfinished)
+    saved = json.loads((unfinished / "config.json").read_text())
+    saved["train"]["num_steps"] = 1000
+    (unfinished / "config.json").write_text(json.dumps(saved))
+    config.clip.workdir = str(unfinished)
+    with pytest.raises(ConfigError, match="has not finished"):
+        make_stage(config)
