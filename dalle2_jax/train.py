@@ -27,10 +27,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 # Fields that may change between runs in one workdir: they do not change what is learned up to
 # the step reached (num_steps does change the cosine schedule's length; a warning says so).
+# Fields ending in "." are prefixes: how samples are drawn never changes what was learned.
 RESUMABLE_CHANGES = (
     "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.async_checkpointing", "data.num_threads", "data.prefetch",
     "data.eval_batch_size", "data.eval_limit", "data.data_dir", "mesh.num_cpu_devices",
+    "prior.eval_limit", "sampling.",
 )
 
 
@@ -53,7 +55,8 @@ def check_workdir_config(saved_json: str, config_json: str) -> list[str]:
     saved, current = _flatten(json.loads(saved_json)), _flatten(json.loads(config_json))
     changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
     for field in changed:
-        if field not in RESUMABLE_CHANGES:
+        if not any(field == allowed or (allowed.endswith(".") and field.startswith(allowed))
+                   for allowed in RESUMABLE_CHANGES):
             raise UsageError(
                 f"config.{field}={current.get(field)!r} differs from {saved.get(field)!r} in the "
                 "workdir's config.json: use a new --workdir for a different experiment")

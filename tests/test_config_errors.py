@@ -89,3 +89,7 @@ def test_resume_refuses_a_different_experiment():
     assert check_workdir_config(saved, '{"model": {"width": 8}, "train": {"num_steps": 20}}') == ["train.num_steps"]
     with pytest.raises(UsageError, match=r"config.model.width=16 differs from 8"):
         check_workdir_config(saved, '{"model": {"width": 16}, "train": {"num_steps": 10}}')
+    # How samples are drawn may change (a finished run is re-evaluated with other settings).
+    sampled = '{"model": {"width": 8}, "train": {"num_steps": 10}, "sampling": {"guidance_scale": 3.0}}'
+    assert check_workdir_config(saved[:-1] + ', "sampling": {"guidance_scale": 1.0}}', sampled) == [
+        "sampling.guidance_scale"]

@@ -229,11 +229,25 @@ class PriorStage(Stage):
             metrics[f"{split}/cosine_prior"] = float(np.mean(np.sum(sampled * truth, -1)))
             metrics[f"{split}/cosine_text_baseline"] = float(np.mean(np.sum(data["text_embed"] * truth, -1)))
             metrics[f"{split}/cosine_mean_baseline"] = float(np.mean(truth @ train_mean))
+            if "combination" in data:
+                metrics[f"{split}/cosine_same_caption_reference"] = _same_caption_cosine(truth, data["combination"])
             if class_embeds is not None:
                 for name, embeds in (("prior", sampled), ("true_image", truth)):
                     top1 = np.argmax(embeds @ class_embeds.T, axis=1) == data["combination"]
                     metrics[f"{split}/zero_shot_top1_{name}"] = float(np.mean(top1))
         return metrics
+
+
+def _same_caption_cosine(image_embeds: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cosine between two different images of the same caption: what a prior that samples
+    the true conditional distribution would score on `cosine_prior` (a reference, not a bound)."""
+    per_caption = []
+    for label in np.unique(labels):
+        group = image_embeds[labels == label]
+        if len(group) > 1:
+            gram = group @ group.T
+            per_caption.append((gram.sum() - np.trace(gram)) / (len(group) * (len(group) - 1)))
+    return float(np.mean(per_caption)) if per_caption else float("nan")
 
 
 def _training_fields(example: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

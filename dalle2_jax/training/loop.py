@@ -87,9 +87,11 @@ def make_train_step(stage: Stage, tx: optax.GradientTransformation, schedule: op
         finite = opt_state.last_finite
         ema_params = state.ema_params
         if ema_params is not None:
+            # Warmup (as TensorFlow's ExponentialMovingAverage with num_updates): early on the
+            # average must not be dominated by the random initialisation.
+            decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
             ema_params = jax.tree.map(
-                lambda e, p: jnp.where(finite, ema_decay * e + (1.0 - ema_decay) * p, e),
-                ema_params, params)
+                lambda e, p: jnp.where(finite, decay * e + (1.0 - decay) * p, e), ema_params, params)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   ema_params=ema_params)
         metrics = {

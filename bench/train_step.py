@@ -1,6 +1,7 @@
-"""CLIP train-step speed on this machine, next to the f32 matmul ceiling.
+"""Train-step speed of any stage's config on this machine, next to the f32 matmul ceiling.
 
-    python bench/clip_train_step.py [--config=configs/shapes/clip.py] [--steps=30]
+    python bench/train_step.py [--config=configs/shapes/clip.py] [--steps=30] [--config.x=y ...]
+    python bench/train_step.py --config=configs/shapes/prior.py --config.clip.workdir=runs/shapes_clip
 
 Trains the config for a few steps in a temporary workdir through the real command line
 (`dalle2_jax.train`, all CPU devices), then reads the step rate and the compiled step's model
@@ -21,6 +22,7 @@ sys.path.insert(0, ROOT)
 
 
 def train_rate(config: str, steps: int, overrides: list[str]) -> dict[str, float]:
+    """Steps/s (after the first logging interval) and model FLOPs per step of a short real run."""
     with tempfile.TemporaryDirectory() as workdir:
         log_every = max(steps // 3, 1)
         command = [sys.executable, "-m", "dalle2_jax.train", f"--config={config}", f"--workdir={workdir}",
@@ -38,8 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/shapes/clip.py")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("overrides", nargs="*", help="extra --config.x=y flags")
-    args = parser.parse_args()
+    args, overrides = parser.parse_known_args()
+    args.overrides = overrides  # extra --config.x=y flags go to the training command
 
     import jax
 
