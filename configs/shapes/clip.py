@@ -3,8 +3,13 @@
 Run (2-core CPU, no accelerator):
     python -m dalle2_jax.train --config=configs/shapes/clip.py --workdir=runs/clip
 
-Variants: `configs/shapes/clip.py:res=64` trains on 64 px images (patch 16, same token count).
-Measured results are in the README (section "Results"), with the commands that produced them.
+Measured (2026-11-27, this project's 2-core CPU, README main-job command on a fresh clone):
+9 min 06 s wall for the 600 steps (plus ~40 s generating the dataset on first use); zero-shot
+top-1 over the 720 captions 100.0% on `validation` and 81.7% on `heldout` (unseen color-shape
+pairs); validation top-1 passes 90% between steps 200 and 400. Details in the README.
+
+Variants: `configs/shapes/clip.py:res=64` trains on 64 px images (patch 16, same token count;
+not measured yet).
 """
 
 from dalle2_jax import config_schema

@@ -30,8 +30,8 @@ def get_config(arg: str | None = None):
     config.sampling.num_steps = 64
     config.sampling.num_candidates = 2
 
-    config.train.num_steps = 2000
+    config.train.num_steps = 1000
     config.train.log_every = 50
-    config.train.eval_every = 1000
-    config.train.checkpoint_every = 1000
+    config.train.eval_every = 500
+    config.train.checkpoint_every = 500
     return config
