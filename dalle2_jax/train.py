@@ -87,8 +87,40 @@ def _prepare_devices(config) -> None:
     """Splits the CPU into one device per core (before any JAX backend starts)."""
     import jax
 
-    count = config.mesh.num_cpu_devices or os.cpu_count() or 1
-    jax.config.update("jax_num_cpu_devices", count)
+    from dalle2_jax import multistage
+
+    mesh = config[config.stages[0]].mesh if config.stage == multistage.STAGE else config.mesh
+    jax.config.update("jax_num_cpu_devices", mesh.num_cpu_devices or os.cpu_count() or 1)
+
+
+def train_stage(config, workdir: str) -> dict[str, float]:
+    """Checks `config` against the devices and the workdir, then trains its stage there."""
+    import jax
+
+    from dalle2_jax import config_schema
+    from dalle2_jax.parallel.mesh import ConfigError
+    from dalle2_jax.stages import make_stage
+    from dalle2_jax.training.loop import train_and_evaluate
+
+    path = epath.Path(workdir)
+    saved = path / "config.json"
+    try:
+        config_schema.validate(config)
+        config_json = config.to_json(sort_keys=True, indent=2)
+        if saved.exists():
+            changed = check_workdir_config(saved.read_text(), config_json)
+            if "train.num_steps" in changed:
+                logging.warning("train.num_steps changed: the learning-rate schedule is stretched.")
+        stage = make_stage(config)
+    except (ConfigError, UsageError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    if jax.process_index() == 0:
+        path.mkdir(parents=True, exist_ok=True)
+        saved.write_text(config_json)
+    _, metrics = train_and_evaluate(config, workdir, stage)
+    for name, value in sorted(metrics.items()):
+        logging.info("final %s = %.4f", name, value)
+    return metrics
 
 
 def main(argv: list[str]) -> None:
@@ -102,34 +134,22 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: --config={config_path}: no such file")
     config = _CONFIG.value
     logging.get_absl_handler().addFilter(_QuietLibraries())
-
     _prepare_devices(config)
-    import jax
 
-    from dalle2_jax import config_schema
+    from dalle2_jax import config_schema, multistage
     from dalle2_jax.parallel.mesh import ConfigError
-    from dalle2_jax.stages import make_stage
-    from dalle2_jax.training.loop import train_and_evaluate
 
-    workdir = epath.Path(_WORKDIR.value)
-    try:
-        config_schema.validate(config)
-        config_json = config.to_json(sort_keys=True, indent=2)
-        saved = workdir / "config.json"
-        if saved.exists():
-            changed = check_workdir_config(saved.read_text(), config_json)
-            if "train.num_steps" in changed:
-                logging.warning("train.num_steps changed: the learning-rate schedule is stretched.")
-        stage = make_stage(config)
-    except (ConfigError, UsageError, ValueError) as e:
+    workdir = os.path.abspath(_WORKDIR.value) if "://" not in _WORKDIR.value else _WORKDIR.value
+    if config.stage != multistage.STAGE:
+        train_stage(config, workdir)
+        return
+    try:  # every stage's config is checked before the first one compiles
+        for _, stage_config in multistage.stage_configs(config, workdir):
+            config_schema.validate(stage_config)
+    except (ConfigError, ValueError) as e:
         sys.exit(f"error: {e}")
-
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(config_json)
-    _, metrics = train_and_evaluate(config, str(workdir), stage)
-    for name, value in sorted(metrics.items()):
-        logging.info("final %s = %.4f", name, value)
+    report = multistage.run(config, workdir, train_stage)
+    logging.info("All stages done; report in %s/report.json: %s", workdir, json.dumps(report, sort_keys=True))
 
 
 def run() -> None:
