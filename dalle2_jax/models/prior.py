@@ -24,31 +24,13 @@ import ml_collections
 
 from dalle2_jax.nn.attention import fan_in_init
 from dalle2_jax.nn.axes import BATCH, EMBED, LENGTH
+from dalle2_jax.nn.embeddings import timestep_embedding
 from dalle2_jax.nn.transformer import MLP, Transformer, layer_norm
 
 Dtype = Any
 
 # The four tokens after the text tokens: text embedding, timestep, noised image embedding, query.
 NUM_TRAILING_TOKENS = 4
-
-
-def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
-    """Sinusoidal embedding of timesteps (Vaswani et al. 2017, sec 3.5), as in DDPM and GLIDE.
-
-    Args:
-      t: [B] timestep indices (integers or floats).
-      dim: embedding size (even).
-      max_period: the longest wavelength.
-
-    Returns:
-      [B, dim] float32: cosines at geometric frequencies 1 .. 1 / max_period, then sines.
-    """
-    if dim % 2:
-        raise ValueError(f"timestep embedding size {dim} must be even")
-    half = dim // 2
-    frequencies = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    angles = t.astype(jnp.float32)[:, None] * frequencies[None, :]
-    return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
 def _input_projection(width: int, dtype: Dtype, name: str) -> nn.Dense:
