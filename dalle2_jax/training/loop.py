@@ -129,6 +129,18 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _state_specs(stage: Stage, tx: optax.GradientTransformation, abstract_state: TrainState,
+                 init_rng: jax.Array) -> TrainState:
+    """Logical PartitionSpecs of every state leaf: parameters (and their EMA) by the names the
+    model gave them, optimizer moments like their parameters, counters and RNG replicated."""
+    param_specs = sharding.logical_specs(jax.eval_shape(stage.init_params, init_rng))
+    opt_specs = optax.tree_map_params(
+        tx, lambda _, spec: spec, abstract_state.opt_state, param_specs,
+        transform_non_params=lambda _: PartitionSpec(), is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return TrainState(step=PartitionSpec(), params=param_specs, opt_state=opt_specs, rng=PartitionSpec(),
+                      ema_params=None if abstract_state.ema_params is None else param_specs)
+
+
 def _cost_flops(compiled: Any) -> float:
     """FLOPs of one call of a compiled (per-device, SPMD-partitioned) program; 0 if unknown."""
     cost = compiled.cost_analysis()
@@ -209,16 +221,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
     batch_sharding = sharding.batch_sharding(mesh, rules)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(stage.init_params, init_rng)
-        param_specs = sharding.logical_specs(boxed)
         abstract_state = jax.eval_shape(make_state, init_rng)
-        opt_specs = optax.tree_map_params(
-            tx, lambda _, spec: spec, abstract_state.opt_state, param_specs,
-            transform_non_params=lambda _: PartitionSpec(),
-            is_leaf=lambda x: isinstance(x, PartitionSpec))
-        state_specs = TrainState(step=PartitionSpec(), params=param_specs, opt_state=opt_specs,
-                                 rng=PartitionSpec(), ema_params=param_specs if ema_decay > 0 else None)
-        state_shardings = sharding.mesh_shardings(state_specs, mesh, rules)
+        state_shardings = sharding.mesh_shardings(
+            _state_specs(stage, tx, abstract_state, init_rng), mesh, rules)
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
         logging.info("Parameters: %s (%.1f M).", f"{num_params:,}", num_params / 1e6)
 
