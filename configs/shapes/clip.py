@@ -3,8 +3,8 @@
 Run (2-core CPU, no accelerator):
     python -m dalle2_jax.train --config=configs/shapes/clip.py --workdir=runs/clip
 
-Measured (2026-11-27, this project's 2-core CPU, README main-job command on a fresh clone):
-9 min 06 s wall for the 600 steps (plus ~40 s generating the dataset on first use); zero-shot
+Measured (2026-11-27, this project's 2-core CPU, the README main job on a fresh clone): 8 min 35 s
+wall for the 600 steps, generating the dataset on first use (~30 s) included; zero-shot
 top-1 over the 720 captions 100.0% on `validation` and 81.7% on `heldout` (unseen color-shape
 pairs); validation top-1 passes 90% between steps 200 and 400. Details in the README.
 

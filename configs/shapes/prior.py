@@ -4,8 +4,12 @@ Run (2-core CPU), after `configs/shapes/clip.py` has finished in runs/shapes_cli
     python -m dalle2_jax.train --config=configs/shapes/prior.py --workdir=runs/shapes_prior
 
 `clip.workdir` names the CLIP run (override with --config.clip.workdir=DIR). The first run
-computes the CLIP embeddings of every split into <clip.workdir>/embeddings. Measured results are
-in the README ("Results"), with the commands that produced them.
+computes the CLIP embeddings of every split into <clip.workdir>/embeddings.
+
+Measured (2026-11-27, this project's 2-core CPU, inside the README main job): 8 min 53 s wall,
+~70 s of CLIP embeddings included. Sampled embeddings (64 DDIM steps, best of 2): cosine to the
+true image embedding 0.988 on validation (text-embedding baseline 0.968), 0.937 held-out (0.922);
+zero-shot top-1 of the sampled embedding over the 720 captions 100% on both. README has the rest.
 """
 
 from dalle2_jax import config_schema

@@ -272,7 +272,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
             out_shardings=(state_shardings, None),
             donate_argnums=(0,),
         ).lower(state, first_batch).compile()
-        flops_per_device = _cost_flops(compiled)
+        # XLA counts a loop body once: with gradient accumulation the microbatch scan runs
+        # grad_accum_steps times (the optimizer update, counted as often, is negligible).
+        flops_per_device = _cost_flops(compiled) * train_cfg.grad_accum_steps
         logging.info("Compiled the train step in %.1f s: %.3g model FLOPs per step (%.3g per device).",
                      time.perf_counter() - started, flops_per_device * mesh.size, flops_per_device)
         if is_chief:
