@@ -38,8 +38,8 @@ class ToyStage(Stage):
     def init_params(self, rng):
         return self.model.init(rng, jnp.zeros((1, 4)))["params"]
 
-    def loss(self, params, batch, rng):
-        del rng
+    def loss(self, params, batch, rng, frozen):
+        del rng, frozen
         error = self.model.apply({"params": params}, batch["x"]) - batch["y"]
         return jnp.mean(error**2), {}
 

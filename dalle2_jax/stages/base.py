@@ -19,15 +19,19 @@ class Stage(abc.ABC):
     def prepare(self, infer: InferFn) -> None:  # noqa: B027 - most stages need no preparation
         """One-time work that runs models before training (e.g. precomputing CLIP embeddings)."""
 
+    def frozen_params(self) -> Any:
+        """Parameters of a model the loss uses but never trains (e.g. CLIP), or None."""
+        return None
+
     @abc.abstractmethod
     def init_params(self, rng: jax.Array) -> Any:
         """Parameters boxed with their logical axis names (`nn.with_logical_partitioning`)."""
 
     @abc.abstractmethod
     def loss(
-        self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array
+        self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, frozen: Any
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Scalar training loss and scalar metrics for one global batch."""
+        """Scalar training loss and scalar metrics for one global batch (`frozen`: see above)."""
 
     @abc.abstractmethod
     def train_data(self) -> tuple[Any, Callable[[Mapping[str, Any]], dict[str, np.ndarray]]]:

@@ -124,8 +124,8 @@ class ClipStage(Stage):
         out.pop("combination", None)
         return out
 
-    def loss(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array):
-        del rng  # CLIP training is deterministic given the batch
+    def loss(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, frozen: Any):
+        del rng, frozen  # CLIP training is deterministic given the batch and freezes nothing
         out = self.model.apply({"params": params}, to_model_images(batch["image"]), batch["tokens"])
         loss, accuracy = contrastive_loss(out["image_embed"], out["text_embed"], out["logit_scale"])
         return loss, {"batch_accuracy": accuracy, "logit_scale": out["logit_scale"]}

@@ -2,7 +2,10 @@
 
 Training data are precomputed CLIP embeddings (`data/embeddings.py`), computed once from the
 finished CLIP run named by `clip.workdir` (into `prior.embeddings_dir`, by default
-`<clip.workdir>/embeddings`, shared by every prior trained on that CLIP). The model is the
+`<clip.workdir>/embeddings`, shared by every prior trained on that CLIP); with
+`prior.embeddings = "on_the_fly"` the frozen CLIP encodes each training batch inside the train
+step instead (no disk, CLIP's forward pass every step; evaluation still uses stored embeddings
+of the small eval splits). The model is the
 decoder-only transformer of `models/prior.py`; by default it predicts the clean embedding (the
 paper's x0 objective, MSE); the text conditioning is dropped `prior.text_drop_prob` of the time
 for classifier-free guidance.
@@ -39,7 +42,10 @@ from dalle2_jax.stages.frozen_clip import FrozenClip
 
 EVAL_SPLITS = ("validation", "heldout")
 SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp_2m")
+EMBEDDINGS = ("precomputed", "on_the_fly")
 CLASS_EMBEDS = "class_text_embeds.npy"  # shapes: the 720 captions' CLIP text embeddings
+TRAIN_MEAN = "train_image_embed_mean.npy"  # the prior-free baseline: mean train image embedding
+MEAN_EXAMPLES = 10_000  # train examples the mean is taken over
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -59,6 +65,7 @@ def stage_sections() -> dict[str, ml_collections.ConfigDict]:
     clip.workdir = ""  # a finished CLIP run (its workdir); its config fixes the embedding sizes
 
     prior = ml_collections.ConfigDict()
+    prior.embeddings = "precomputed"  # 'precomputed' (read from disk) or 'on_the_fly' (CLIP in the step)
     prior.embeddings_dir = ""  # precomputed embeddings; '' = <clip.workdir>/embeddings
     prior.text_drop_prob = 0.1  # replace the text conditioning by the learned null (paper: 10%)
     prior.embed_scale = 0.0  # multiply unit CLIP embeddings by this (0 = sqrt(embed_dim))
@@ -98,6 +105,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                           f"[1, diffusion.num_timesteps={config.diffusion.num_timesteps}]")
     if config.sampling.num_candidates < 1:
         raise ConfigError(f"sampling.num_candidates={config.sampling.num_candidates}: must be >= 1")
+    if config.prior.embeddings not in EMBEDDINGS:
+        raise ConfigError(f"prior.embeddings={config.prior.embeddings!r}: expected one of {EMBEDDINGS}")
     if not 0.0 <= config.prior.text_drop_prob < 1.0:
         raise ConfigError(f"prior.text_drop_prob={config.prior.text_drop_prob}: must be in [0, 1)")
     if config.diffusion.objective not in objectives.OBJECTIVES:
@@ -158,27 +167,40 @@ class PriorStage(Stage):
         self.loss_weights = (None if diffusion.loss_weighting == "uniform" else
                              objectives.loss_weights(diffusion.loss_weighting, diffusion.objective, self.schedule))
         self.splits = ("train", *EVAL_SPLITS) if config.data.name == "shapes" else ("train", "validation")
+        self.on_the_fly = config.prior.embeddings == "on_the_fly"
 
     # --- embeddings ---------------------------------------------------------------------------
     def prepare(self, infer) -> None:
-        """Computes the CLIP embeddings of every split not on disk yet (and the class captions')."""
-        missing = [s for s in self.splits if not embeddings.is_complete(self.embeddings_dir, s)]
-        sources = pipeline.open_splits(self.config.data, missing) if missing else {}
-        for split in missing:
+        """Stores what is not on disk yet: the CLIP embeddings of every split (of the eval splits
+        only, on the fly), the mean train image embedding and the class captions' embeddings."""
+        needed = self.splits[1:] if self.on_the_fly else self.splits
+        for split in [s for s in needed if not embeddings.is_complete(self.embeddings_dir, s)]:
             logging.info("Computing CLIP embeddings of the %s split into %s.", split, self.embeddings_dir)
-            data = pipeline.load_all(sources[split], self.clip.example)
-            out = infer(self.clip.encode, self.clip.params, {"image": data["image"], "tokens": data["tokens"]})
+            data, out = self._encode_split(infer, split)
             if "combination" in data:
                 out["combination"] = data["combination"]
-            captions = self.clip.tokenizer.decode(data["tokens"])
             if jax.process_index() == 0:
-                embeddings.write_split(self.embeddings_dir, split, out, captions)
-        class_path = f"{self.embeddings_dir}/{CLASS_EMBEDS}"
-        if self.config.data.name == "shapes" and not epath.Path(class_path).exists():
+                embeddings.write_split(self.embeddings_dir, split, out, self.clip.tokenizer.decode(data["tokens"]))
+        if not epath.Path(f"{self.embeddings_dir}/{TRAIN_MEAN}").exists():
+            if embeddings.is_complete(self.embeddings_dir, "train"):
+                image_embeds = embeddings.EmbeddingSource(self.embeddings_dir, "train").all(MEAN_EXAMPLES)
+            else:
+                image_embeds = self._encode_split(infer, "train", limit=MEAN_EXAMPLES)[1]
+            mean = np.mean(image_embeds["image_embed"], axis=0)
+            self._save(TRAIN_MEAN, mean / np.linalg.norm(mean))
+        if self.config.data.name == "shapes" and not epath.Path(f"{self.embeddings_dir}/{CLASS_EMBEDS}").exists():
             tokens = self.clip.tokenizer.encode(shapes.all_captions())
-            class_embeds = infer(self.clip.encode_texts, self.clip.params, {"tokens": tokens})["text_embed"]
-            with epath.Path(class_path).open("wb") as f:
-                np.save(f, class_embeds)
+            self._save(CLASS_EMBEDS, infer(self.clip.encode_texts, self.clip.params, {"tokens": tokens})["text_embed"])
+
+    def _encode_split(self, infer, split: str, limit: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """A split's CLIP inputs and what CLIP makes of them."""
+        data = pipeline.load_all(pipeline.open_splits(self.config.data, [split])[split], self.clip.example, limit)
+        return data, infer(self.clip.encode, self.clip.params, {"image": data["image"], "tokens": data["tokens"]})
+
+    def _save(self, name: str, array: np.ndarray) -> None:
+        if jax.process_index() == 0:
+            with epath.Path(f"{self.embeddings_dir}/{name}").open("wb") as f:
+                np.save(f, array)
 
     # --- training -------------------------------------------------------------------------------
     def init_params(self, rng: jax.Array) -> Any:
@@ -187,11 +209,21 @@ class PriorStage(Stage):
                                jnp.zeros((1, length, width)), jnp.ones((1, length), bool),
                                jnp.zeros((1,), bool))["params"]
 
-    def train_data(self):
-        source = embeddings.EmbeddingSource(self.embeddings_dir, "train")
-        return source, _training_fields
+    def frozen_params(self) -> Any:
+        return self.clip.params if self.on_the_fly else None
 
-    def loss(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array):
+    def train_data(self):
+        if self.on_the_fly:
+            return pipeline.open_splits(self.config.data, ["train"])["train"], self._clip_inputs
+        return embeddings.EmbeddingSource(self.embeddings_dir, "train"), _training_fields
+
+    def _clip_inputs(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        out = self.clip.example(example)
+        return {"image": out["image"], "tokens": out["tokens"]}
+
+    def loss(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, frozen: Any):
+        if self.on_the_fly:
+            batch = jax.lax.stop_gradient(self.clip.encode(frozen, batch))
         t_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
         x0 = batch["image_embed"] * self.scale
         batch_size = x0.shape[0]
@@ -214,9 +246,7 @@ class PriorStage(Stage):
                                  self.config.diffusion.objective, self.scale)
 
     def evaluate(self, params: Any, infer) -> dict[str, float]:
-        train_mean = np.mean(embeddings.EmbeddingSource(self.embeddings_dir, "train").all(limit=10000)["image_embed"],
-                             axis=0)
-        train_mean /= np.linalg.norm(train_mean)
+        train_mean = np.load(f"{self.embeddings_dir}/{TRAIN_MEAN}")
         class_embeds = (np.load(f"{self.embeddings_dir}/{CLASS_EMBEDS}") if self.config.data.name == "shapes"
                         else None)
         metrics = {}

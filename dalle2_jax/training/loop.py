@@ -53,22 +53,23 @@ def _microbatches(batch: Any, count: int) -> Any:
 
 def make_train_step(stage: Stage, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     train_cfg: ml_collections.ConfigDict, ema_decay: float) -> Callable:
-    """The pure step function (state, batch) -> (state, metrics) for `jax.jit`."""
+    """The pure step function (state, batch, frozen) -> (state, metrics) for `jax.jit`; `frozen` is
+    the stage's frozen parameters (or None), an input of the step that is never trained."""
     accum = train_cfg.grad_accum_steps
     grad_fn = jax.value_and_grad(stage.loss, has_aux=True)
 
-    def gradients(params, batch, rng):
+    def gradients(params, batch, rng, frozen):
         if accum == 1:
-            (loss, aux), grads = grad_fn(params, batch, rng)
+            (loss, aux), grads = grad_fn(params, batch, rng, frozen)
             return loss, aux, grads
 
         def body_shapes(params, micro, rng):
-            (loss, aux), grads = grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng)
+            (loss, aux), grads = grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng, frozen)
             return loss, aux, grads
 
         def body(carry, xs):
             micro, index = xs
-            (loss, aux), grads = grad_fn(params, micro, jax.random.fold_in(rng, index))
+            (loss, aux), grads = grad_fn(params, micro, jax.random.fold_in(rng, index), frozen)
             return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
 
         micro = _microbatches(batch, accum)
@@ -77,9 +78,9 @@ def make_train_step(stage: Stage, tx: optax.GradientTransformation, schedule: op
         total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
         return jax.tree.map(lambda x: x / accum, total)
 
-    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+    def train_step(state: TrainState, batch: Any, frozen: Any) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        loss, aux, grads = gradients(state.params, batch, rng)
+        loss, aux, grads = gradients(state.params, batch, rng, frozen)
         # A non-finite loss with finite gradients must not slip through apply_if_finite.
         grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -265,13 +266,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
 
         train_step = make_train_step(stage, tx, schedule, train_cfg, ema_decay)
         first_batch = sharding.global_batch(next(data_iterator), batch_sharding)
+        frozen = stage.frozen_params()
+        if frozen is not None:  # replicated: a frozen model the size of the trained one would need specs
+            frozen = jax.device_put(frozen, jax.sharding.NamedSharding(mesh, PartitionSpec()))
         started = time.perf_counter()
         compiled = jax.jit(
             train_step,
-            in_shardings=(state_shardings, batch_sharding),
+            in_shardings=(state_shardings, batch_sharding, None),
             out_shardings=(state_shardings, None),
             donate_argnums=(0,),
-        ).lower(state, first_batch).compile()
+        ).lower(state, first_batch, frozen).compile()
         # XLA counts a loop body once: with gradient accumulation the microbatch scan runs
         # grad_accum_steps times (the optimizer update, counted as often, is negligible).
         flops_per_device = _cost_flops(compiled) * train_cfg.grad_accum_steps
@@ -289,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
             while step < num_steps:
                 if batch is None:
                     batch = sharding.global_batch(next(data_iterator), batch_sharding)
-                state, step_metrics = compiled(state, batch)
+                state, step_metrics = compiled(state, batch, frozen)
                 batch = None
                 step += 1
                 pending.append(step_metrics)
