@@ -114,9 +114,11 @@ def test_prior_config_errors_name_the_field(clip_workdir, shapes_data_dir, tmp_p
     with pytest.raises(ConfigError, match="clip.workdir=.*not a CLIP run"):
         make_stage(config)
 
-    config = tiny_prior_config(clip_workdir, shapes_data_dir, **{"sampling.sampler": "euler"})
-    with pytest.raises(ConfigError, match="sampling.sampler='euler'"):
-        config_schema.validate(config, num_devices=8, num_processes=1)
+    for field, value in (("sampling.sampler", "euler"), ("diffusion.loss_weighting", "snr"),
+                         ("diffusion.schedule", "sigmoid"), ("prior.embeddings", "disk")):
+        config = tiny_prior_config(clip_workdir, shapes_data_dir, **{field: value})
+        with pytest.raises(ConfigError, match=f"{field}='{value}'"):
+            config_schema.validate(config, num_devices=8, num_processes=1)
 
     # A CLIP run whose config asks for more steps than its checkpoints reached is refused.
     unfinished = tmp_path / "unfinished_clip"

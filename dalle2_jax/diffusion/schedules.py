@@ -109,12 +109,13 @@ def linear_schedule(num_timesteps: int) -> Schedule:
 
 
 _SCHEDULES = {"cosine": cosine_schedule, "linear": linear_schedule}
+SCHEDULES = tuple(sorted(_SCHEDULES))
 
 
 def make_schedule(kind: str, num_timesteps: int) -> Schedule:
     """The schedule named `kind` ('cosine' or 'linear') over `num_timesteps` steps."""
     if kind not in _SCHEDULES:
-        raise ValueError(f"unknown noise schedule {kind!r}: expected one of {sorted(_SCHEDULES)}")
+        raise ValueError(f"unknown noise schedule {kind!r}: expected one of {SCHEDULES}")
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps={num_timesteps}: must be at least 1")
     return _SCHEDULES[kind](num_timesteps)

@@ -109,11 +109,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"prior.embeddings={config.prior.embeddings!r}: expected one of {EMBEDDINGS}")
     if not 0.0 <= config.prior.text_drop_prob < 1.0:
         raise ConfigError(f"prior.text_drop_prob={config.prior.text_drop_prob}: must be in [0, 1)")
-    if config.diffusion.objective not in objectives.OBJECTIVES:
-        raise ConfigError(f"diffusion.objective={config.diffusion.objective!r}: expected one of "
-                          f"{objectives.OBJECTIVES}")
-    if config.model.width % config.model.num_heads:
-        raise ConfigError(f"model.num_heads={config.model.num_heads} must divide model.width={config.model.width}")
+    for field, allowed in (("objective", objectives.OBJECTIVES), ("loss_weighting", objectives.LOSS_WEIGHTS),
+                           ("schedule", schedules.SCHEDULES)):
+        if config.diffusion[field] not in allowed:
+            raise ConfigError(f"diffusion.{field}={config.diffusion[field]!r}: expected one of {allowed}")
 
 
 def sample_embeddings(model: DiffusionPrior, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array,
