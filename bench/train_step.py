@@ -31,9 +31,10 @@ def train_rate(config: str, steps: int, overrides: list[str]) -> dict[str, float
                    "--config.data.eval_limit=64", *overrides]
         subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
         records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+        batch_size = json.loads(open(os.path.join(workdir, "config.json")).read())["data"]["batch_size"]
     flops = next(r["model_flops_per_step"] for r in records if "model_flops_per_step" in r)
     rates = [r["train/steps_per_sec"] for r in records if "train/steps_per_sec" in r][1:]
-    return {"model_flops_per_step": flops, "steps_per_sec": sum(rates) / len(rates)}
+    return {"model_flops_per_step": flops, "steps_per_sec": sum(rates) / len(rates), "batch_size": batch_size}
 
 
 def main() -> None:
@@ -54,7 +55,8 @@ def main() -> None:
     devices = jax.device_count()
     print(f"config: {args.config} {' '.join(args.overrides)}")
     print(f"devices: {devices} x {jax.devices()[0].platform}")
-    print(f"train step: {1000 / result['steps_per_sec']:.0f} ms ({result['steps_per_sec']:.2f} steps/s)")
+    print(f"train step: {1000 / result['steps_per_sec']:.0f} ms ({result['steps_per_sec']:.2f} steps/s, "
+          f"{result['steps_per_sec'] * result['batch_size']:.1f} examples/s)")
     print(f"model FLOPs per step: {result['model_flops_per_step']:.3g}")
     print(f"achieved: {achieved / 1e9:.1f} GFLOP/s total, {achieved / devices / 1e9:.1f} GFLOP/s per device")
     print(f"f32 matmul ceiling (whole machine): {ceiling / 1e9:.1f} GFLOP/s")

@@ -4,7 +4,8 @@ A multi-stage config has `stage = "multistage"`, `stages` (the order, e.g. ("cli
 one full stage config per name. String fields may contain `{workdir}`, replaced by the run's
 workdir, so that a later stage names an earlier one's directory (`prior.clip.workdir =
 "{workdir}/clip"`). A stage whose final checkpoint exists is skipped when the run is repeated;
-`WORKDIR/report.json` collects every stage's last evaluation and wall time.
+`WORKDIR/report.json` collects every stage's last evaluation and wall time; `WORKDIR/config.json`
+is the multi-stage config (the sampler finds the stages through it).
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ STAGE = "multistage"
 PLACEHOLDER = "{workdir}"
 
 
-def multistage_config(stages: dict[str, ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
-    """A locked multi-stage config running `stages` (name -> stage config) in insertion order."""
+def multistage_config(stages: dict[str, ml_collections.ConfigDict],
+                      samples: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """A locked multi-stage config running `stages` (name -> stage config) in insertion order;
+    `samples` (see `evaluation/generation.py`) adds a text-to-image evaluation at the end."""
     config = ml_collections.ConfigDict()
     config.stage = STAGE
     config.stages = tuple(stages)
     for name, stage_config in stages.items():
         config[name] = stage_config
+    if samples is not None:
+        config.samples = samples
     config.lock()
     return config
 
@@ -67,6 +72,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         train_stage: Callable[[ml_collections.ConfigDict, str], dict[str, float]]) -> dict:
     """Trains every stage not finished yet, in order; writes and returns the report."""
     root = epath.Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(config.to_json(sort_keys=True, indent=2))  # the sampler reads the stages
     report_path = root / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     for name, stage_config in stage_configs(config, str(root)):

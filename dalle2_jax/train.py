@@ -14,6 +14,7 @@ import json
 import logging as std_logging
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorBoard writing imports TensorFlow
 
@@ -149,6 +150,14 @@ def main(argv: list[str]) -> None:
     except (ConfigError, ValueError) as e:
         sys.exit(f"error: {e}")
     report = multistage.run(config, workdir, train_stage)
+    if "samples" in config:
+        from dalle2_jax.evaluation.generation import evaluate_text_to_image
+
+        started = time.perf_counter()
+        report["samples"] = {**evaluate_text_to_image(workdir, config.samples),
+                             "seconds": time.perf_counter() - started}
+        (epath.Path(workdir) / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+        logging.info("Text-to-image samples in %s/samples/grid.png: %s", workdir, json.dumps(report["samples"]))
     logging.info("All stages done; report in %s/report.json: %s", workdir, json.dumps(report, sort_keys=True))
 
 

@@ -25,3 +25,34 @@ if ROOT not in sys.path:
 def shapes_data_dir(tmp_path_factory) -> str:
     """One small shapes dataset directory shared by every test of the session."""
     return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def unclip_run(shapes_data_dir, tmp_path_factory):
+    """The main job's command on tiny stages (all four, then the samples), run once per session:
+    (workdir, the first run's CompletedProcess, the command)."""
+    import subprocess
+
+    from tests.tiny import tiny_unclip_flags
+
+    workdir = tmp_path_factory.mktemp("unclip")
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "PYTHONPATH": ROOT}
+    command = [sys.executable, "-m", "dalle2_jax.train", "--config=configs/shapes/unclip.py",
+               f"--workdir={workdir}", *tiny_unclip_flags(shapes_data_dir)]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result, command, env
+
+
+@pytest.fixture(scope="session")
+def clip_workdir(shapes_data_dir, tmp_path_factory) -> str:
+    """A finished tiny CLIP run (2 steps) for the stages that condition on CLIP."""
+    from dalle2_jax.stages import make_stage
+    from dalle2_jax.training.loop import train_and_evaluate
+    from tests.tiny import tiny_clip_config
+
+    workdir = tmp_path_factory.mktemp("clip")
+    config = tiny_clip_config(shapes_data_dir, **{"train.num_steps": 2, "data.eval_limit": 16})
+    train_and_evaluate(config, str(workdir), make_stage(config))
+    (workdir / "config.json").write_text(config.to_json())
+    return str(workdir)

@@ -17,7 +17,7 @@ from dalle2_jax.parallel.mesh import ConfigError
 from dalle2_jax.stages import make_stage
 from dalle2_jax.stages.prior import sample_embeddings
 from dalle2_jax.training.loop import train_and_evaluate
-from tests.tiny import load_config, tiny_clip_config
+from tests.tiny import load_config, tiny_stage_config
 
 TINY_PRIOR = {
     "model.width": 16, "model.depth": 1, "model.num_heads": 2,
@@ -27,30 +27,9 @@ TINY_PRIOR = {
 }
 
 
-def set_fields(config, fields):
-    for field, value in fields.items():
-        section = config
-        *parents, name = field.split(".")
-        for parent in parents:
-            section = section[parent]
-        section[name] = value
-    return config
-
-
-@pytest.fixture(scope="module")
-def clip_workdir(shapes_data_dir, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("clip")
-    config = tiny_clip_config(shapes_data_dir, **{"train.num_steps": 2, "data.eval_limit": 16})
-    train_and_evaluate(config, str(workdir), make_stage(config))
-    (workdir / "config.json").write_text(config.to_json())
-    return str(workdir)
-
-
 def tiny_prior_config(clip_workdir, data_dir, **fields):
-    config = set_fields(load_config("configs/shapes/prior.py"), {**TINY_PRIOR, **fields})
+    config = tiny_stage_config("configs/shapes/prior.py", data_dir, TINY_PRIOR, **fields)
     config.clip.workdir = clip_workdir
-    set_fields(config, {f"data.{k}": v for k, v in tiny_clip_config(data_dir).data.items()
-                        if k in ("data_dir", "train_size", "validation_size", "heldout_size")})
     return config
 
 
@@ -111,7 +90,7 @@ def test_embeddings_round_trip_over_several_shards(tmp_path):
 def test_prior_config_errors_name_the_field(clip_workdir, shapes_data_dir, tmp_path):
     config = load_config("configs/shapes/prior.py")
     config.clip.workdir = str(tmp_path / "nothing")
-    with pytest.raises(ConfigError, match="clip.workdir=.*not a CLIP run"):
+    with pytest.raises(ConfigError, match="clip.workdir=.*not a clip run"):
         make_stage(config)
 
     for field, value in (("sampling.sampler", "euler"), ("diffusion.loss_weighting", "snr"),

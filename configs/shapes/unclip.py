@@ -3,15 +3,20 @@
     python -m dalle2_jax.train --config=configs/shapes/unclip.py --workdir=runs/shapes_unclip
 
 Trains CLIP (`WORKDIR/clip`, configs/shapes/clip.py), computes its embeddings, then the diffusion
-prior (`WORKDIR/prior`, configs/shapes/prior.py); rerunning skips finished stages and resumes an
-unfinished one. Every field of a stage is overridable: `--config.prior.train.num_steps=500`.
-The decoder and upsamplers join here when they exist. `WORKDIR/report.json` collects each
-stage's final evaluation and wall time. Measured results are in the README.
+prior (`WORKDIR/prior`, configs/shapes/prior.py), the decoder (`WORKDIR/decoder`, 32 px,
+configs/shapes/decoder.py) and the upsampler (`WORKDIR/upsampler`, 32 -> 64 px,
+configs/shapes/upsampler.py); rerunning skips finished stages and resumes an unfinished one.
+Then it generates a fixed set of prompts (seen and held-out color/shape pairs) into
+`WORKDIR/samples/` (PNGs, grid.png, manifest.jsonl) and scores their attributes.
+Every field is overridable: `--config.prior.train.num_steps=500`, `--config.samples.num_seen=24`.
+`WORKDIR/report.json` collects each stage's final evaluation and wall time and the samples'
+attribute accuracy. Measured results are in the README.
 """
 
 import importlib.util
 import os
 
+from dalle2_jax.evaluation.generation import samples_config
 from dalle2_jax.multistage import PLACEHOLDER, multistage_config
 
 
@@ -25,6 +30,7 @@ def _stage_config(name: str):
 
 def get_config(arg: str | None = None):
     del arg  # no variants
-    clip, prior = _stage_config("clip"), _stage_config("prior")
-    prior.clip.workdir = f"{PLACEHOLDER}/clip"
-    return multistage_config({"clip": clip, "prior": prior})
+    stages = {name: _stage_config(name) for name in ("clip", "prior", "decoder", "upsampler")}
+    stages["prior"].clip.workdir = f"{PLACEHOLDER}/clip"
+    stages["decoder"].clip.workdir = f"{PLACEHOLDER}/clip"
+    return multistage_config(stages, samples=samples_config())

@@ -18,6 +18,8 @@ from dalle2_jax.stages.base import Stage
 _STAGES = {
     "clip": ("dalle2_jax.stages.clip", "ClipStage"),
     "prior": ("dalle2_jax.stages.prior", "PriorStage"),
+    "decoder": ("dalle2_jax.stages.decoder", "DecoderStage"),
+    "upsampler": ("dalle2_jax.stages.upsampler", "UpsamplerStage"),
 }
 
 

@@ -38,5 +38,7 @@ class Stage(abc.ABC):
         """A random-access source of training examples and the per-example transform."""
 
     @abc.abstractmethod
-    def evaluate(self, params: Any, infer: InferFn) -> dict[str, float]:
-        """Evaluation metrics, computed with `infer` for everything that runs the model."""
+    def evaluate(self, params: Any, infer: InferFn) -> dict[str, float | np.ndarray]:
+        """Evaluation metrics, computed with `infer` for everything that runs the model; uint8
+        [H, W, 3] arrays among them are pictures (sample grids), which the loop writes to
+        TensorBoard and to `WORKDIR/samples/NAME_STEP.png`."""

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-from etils import epath
 
 from dalle2_jax.data.tokenizer import make_tokenizer
 from dalle2_jax.models.clip import CLIP
-from dalle2_jax.parallel.mesh import ConfigError
 from dalle2_jax.stages.clip import clip_example, resolved_model_config, to_model_images
+from dalle2_jax.stages.finished_run import load_finished_run
 
 
 class FrozenClip:
@@ -26,20 +22,7 @@ class FrozenClip:
     """
 
     def __init__(self, workdir: str, field: str = "clip.workdir"):
-        path = epath.Path(workdir)
-        if not workdir or not (path / "config.json").exists():
-            raise ConfigError(f"{field}={workdir!r}: not a CLIP run (no config.json); train one first "
-                              "with configs/shapes/clip.py")
-        self.config = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
-        if self.config.stage != "clip":
-            raise ConfigError(f"{field}={workdir!r} is a {self.config.stage!r} run, not a CLIP run")
-        steps = ocp.CheckpointManager(path.absolute() / "checkpoints").all_steps()
-        wanted = self.config.train.num_steps
-        if wanted not in steps:
-            raise ConfigError(f"{field}={workdir!r}: the CLIP run has not finished (checkpoints {sorted(steps)}, "
-                              f"train.num_steps={wanted}); rerun its command to finish it")
-        state = ocp.StandardCheckpointer().restore(path.absolute() / "checkpoints" / str(wanted) / "state")
-        self.params = state["ema_params"] if state.get("ema_params") is not None else state["params"]
+        self.config, self.params = load_finished_run(workdir, field, "clip")
         self.tokenizer = make_tokenizer(self.config.tokenizer)
         self.model = CLIP.from_config(resolved_model_config(self.config, self.tokenizer),
                                       dtype=jnp.dtype(self.config.dtype))
@@ -57,8 +40,15 @@ class FrozenClip:
         return {"text_embed": embed / jnp.linalg.norm(embed, axis=-1, keepdims=True),
                 "text_encodings": encodings, "text_mask": mask}
 
+    def encode_images(self, params: Any, images: jax.Array) -> jax.Array:
+        """Unit-norm image embeddings of uint8 [B, R, R, 3] images (resized to CLIP's resolution)."""
+        size = int(self.config.data.resolution)
+        x = to_model_images(images)
+        if x.shape[1:3] != (size, size):
+            x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "linear", antialias=True)
+        image = self.model.apply({"params": params}, x, method=CLIP.encode_image)
+        return image / jnp.linalg.norm(image, axis=-1, keepdims=True)
+
     def encode(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Everything the prior trains on, for a batch of images and caption tokens."""
-        image = self.model.apply({"params": params}, to_model_images(batch["image"]), method=CLIP.encode_image)
-        return {"image_embed": image / jnp.linalg.norm(image, axis=-1, keepdims=True),
-                **self.encode_texts(params, batch)}
+        return {"image_embed": self.encode_images(params, batch["image"]), **self.encode_texts(params, batch)}

@@ -117,8 +117,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def sample_embeddings(model: DiffusionPrior, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array,
                       schedule: schedules.Schedule, sampling: ml_collections.ConfigDict, objective: str,
-                      scale: float) -> jax.Array:
-    """Unit-norm image embeddings [B, E] for the text conditioning in `batch` (sec. 2.2)."""
+                      scale: float, x_T: jax.Array | None = None) -> jax.Array:
+    """Unit-norm image embeddings [B, E] for the text conditioning in `batch` (sec. 2.2); `x_T`
+    ([B * num_candidates, E], candidates of a row adjacent) fixes the initial noise."""
     n = sampling.num_candidates
     text = {k: jnp.repeat(batch[k], n, axis=0) for k in ("text_embed", "text_encodings", "text_mask")}
     rows = text["text_embed"].shape[0]
@@ -136,11 +137,11 @@ def sample_embeddings(model: DiffusionPrior, params: Any, batch: Mapping[str, ja
         model_fn = samplers.classifier_free_guidance(cond_model_fn, sampling.guidance_scale)
     shape = (rows, text["text_embed"].shape[-1])
     if sampling.sampler == "ddpm":
-        x = samplers.ddpm_sample(model_fn, schedule, shape, rng, objective)
+        x = samplers.ddpm_sample(model_fn, schedule, shape, rng, objective, x_T=x_T)
     elif sampling.sampler == "ddim":
-        x = samplers.ddim_sample(model_fn, schedule, shape, rng, objective, eta=sampling.eta)
+        x = samplers.ddim_sample(model_fn, schedule, shape, rng, objective, eta=sampling.eta, x_T=x_T)
     else:
-        x = samplers.dpm_solver_pp_2m_sample(model_fn, schedule, shape, rng, objective)
+        x = samplers.dpm_solver_pp_2m_sample(model_fn, schedule, shape, rng, objective, x_T=x_T)
     x = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
     candidates = x.reshape(-1, n, x.shape[-1])
     score = jnp.einsum("bne,be->bn", candidates, batch["text_embed"])
@@ -150,9 +151,9 @@ def sample_embeddings(model: DiffusionPrior, params: Any, batch: Mapping[str, ja
 class PriorStage(Stage):
     """Trains the diffusion prior on a frozen CLIP's embeddings; evaluates sampled embeddings."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, clip: FrozenClip | None = None):
         self.config = config
-        self.clip = FrozenClip(config.clip.workdir)
+        self.clip = clip or FrozenClip(config.clip.workdir)
         self.embeddings_dir = config.prior.embeddings_dir or f"{config.clip.workdir}/embeddings"
         model_cfg = ml_collections.ConfigDict(config.model.to_dict())
         model_cfg.embed_dim = self.clip.embed_dim

@@ -26,6 +26,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
+from dalle2_jax import images
 from dalle2_jax.data import pipeline
 from dalle2_jax.parallel import mesh as mesh_lib
 from dalle2_jax.parallel import sharding
@@ -251,9 +252,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
         def evaluate(at_step: int) -> dict[str, float]:
             started = time.perf_counter()
             params = state.ema_params if state.ema_params is not None else state.params
-            result = {f"eval/{k}": float(v) for k, v in stage.evaluate(params, infer).items()}
+            outputs = stage.evaluate(params, infer)
+            pictures = {k: v for k, v in outputs.items() if isinstance(v, np.ndarray) and v.ndim == 3}
+            result = {f"eval/{k}": float(v) for k, v in outputs.items() if k not in pictures}
             result["eval/seconds"] = time.perf_counter() - started
             writer.write_scalars(at_step, result)
+            if pictures:
+                writer.write_images(at_step, {f"eval/{k}": v[None] for k, v in pictures.items()})
+                if is_chief:
+                    samples_dir = epath.Path(workdir) / "samples"
+                    samples_dir.mkdir(parents=True, exist_ok=True)
+                    for name, picture in pictures.items():
+                        images.write_png(samples_dir / f"{name}_{at_step:07d}.png", picture)
             writer.flush()
             return result
 

@@ -1,0 +1,39 @@
+"""The unCLIP decoder on the shapes dataset: 32 px images from the shapes CLIP's image embeddings.
+
+Run (2-core CPU), after `configs/shapes/clip.py` has finished in runs/shapes_clip:
+    python -m dalle2_jax.train --config=configs/shapes/decoder.py --workdir=runs/shapes_decoder
+
+`clip.workdir` names the CLIP run (override with --config.clip.workdir=DIR). Every evaluation
+decodes the CLIP embeddings of validation and held-out images and scores the decoded images'
+attributes; the grids of sources and decodings go to TensorBoard and WORKDIR/samples/.
+"""
+
+from dalle2_jax import config_schema
+
+
+def get_config(arg: str | None = None):
+    del arg  # no variants
+    config = config_schema.for_stage("decoder")
+    config.clip.workdir = "runs/shapes_clip"
+    config.data.batch_size = 64
+    config.data.eval_batch_size = 64
+
+    config.model.channels = 64
+    config.model.channel_mults = (1, 2, 2)
+    config.model.num_res_blocks = 1
+    config.model.attention_resolutions = (8,)
+
+    config.optim.learning_rate = 5e-4
+    config.optim.warmup_steps = 100
+    config.optim.weight_decay = 0.0
+    config.optim.ema_decay = 0.999
+
+    config.decoder.eval_limit = 64
+    config.sampling.num_steps = 50
+    config.sampling.guidance_scale = 3.0
+
+    config.train.num_steps = 2000
+    config.train.log_every = 50
+    config.train.eval_every = 500
+    config.train.checkpoint_every = 500
+    return config

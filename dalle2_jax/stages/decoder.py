@@ -1,0 +1,209 @@
+"""The decoder stage (unCLIP sec. 2.1): CLIP image embedding (+ caption) -> 64 px image (32 px here).
+
+A GLIDE/ADM UNet (`models/unet.py`) conditioned on the CLIP image embedding of the training image
+(projected into the timestep embedding and into 4 extra context tokens) and on the caption
+through its own text encoder. For classifier-free guidance the CLIP embedding is replaced by a
+learned null embedding `decoder.clip_drop_prob` of the time (paper: 10%) and the caption dropped
+`decoder.text_drop_prob` of the time (paper: 50%); guided sampling drops both in the
+unconditional half.
+
+The CLIP embeddings are computed inside the train step by the frozen CLIP named by
+`clip.workdir` (its parameters are an input of the step, never trained): the decoder needs the
+embedding of exactly the image it denoises, a CLIP forward pass costs a few percent of the UNet's
+work, and nothing has to be stored or kept in sync on disk. Images are resized to CLIP's
+resolution when the two differ.
+
+Evaluation decodes the true CLIP image embeddings of the first `decoder.eval_limit` examples of
+each eval split and, on shapes, scores the attributes of the decoded images with the project's
+evaluator (`evaluation/shapes_attributes.py`); a grid of sources and decodings is written with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dalle2_jax import images
+from dalle2_jax.data import pipeline, shapes
+from dalle2_jax.evaluation import shapes_attributes
+from dalle2_jax.models.unet import UNet
+from dalle2_jax.parallel.mesh import ConfigError
+from dalle2_jax.stages import image_diffusion
+from dalle2_jax.stages.base import Stage
+from dalle2_jax.stages.clip import to_model_images
+from dalle2_jax.stages.frozen_clip import FrozenClip
+
+EVAL_SPLITS = ("validation", "heldout")
+GRID_EXAMPLES = 16  # source/decoded pairs shown in each eval grid
+
+
+def model_config() -> ml_collections.ConfigDict:
+    """The `model` section: the UNet (see `UNet.from_config`); the stage fills in the CLIP size,
+    the output channels and the tokenizer's vocabulary and context length."""
+    m = ml_collections.ConfigDict()
+    m.image_size = 32  # must equal data.resolution
+    m.channels = 64  # base channels
+    m.channel_mults = (1, 2, 2)  # per resolution level
+    m.num_res_blocks = 1  # per level on the down path
+    m.attention_resolutions = (8,)  # feature-map sizes with attention (they see the text + CLIP tokens)
+    m.head_channels = 64  # channels per attention head (paper: 64)
+    m.dropout = 0.0  # inside the residual blocks
+    m.clip_tokens = 4  # context tokens projected from the CLIP embedding (paper: 4)
+    m.remat = False  # recompute activations in the backward pass
+    m.text = ml_collections.ConfigDict()
+    m.text.width = 64  # caption encoder width (0 = no caption conditioning)
+    m.text.depth = 1  # caption encoder blocks
+    m.text.num_heads = 1  # caption encoder heads
+    return m
+
+
+def stage_sections() -> dict[str, ml_collections.ConfigDict]:
+    clip = ml_collections.ConfigDict()
+    clip.workdir = ""  # a finished CLIP run: its image embeddings condition the decoder
+
+    decoder = ml_collections.ConfigDict()
+    decoder.clip_drop_prob = 0.1  # replace the CLIP embedding by the learned null (paper: 10%)
+    decoder.text_drop_prob = 0.5  # drop the caption (paper: 50%)
+    decoder.eval_limit = 64  # examples per eval split that are decoded (sampling is the costly part)
+    return {"clip": clip, "decoder": decoder, "diffusion": image_diffusion.diffusion_config("eps"),
+            "sampling": image_diffusion.sampling_config(num_steps=50, guidance_scale=3.0)}
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Decoder-specific checks; raises ConfigError naming the field."""
+    if not config.clip.workdir:
+        raise ConfigError("clip.workdir: name the finished CLIP run whose embeddings the decoder is trained on")
+    if config.model.image_size != config.data.resolution:
+        raise ConfigError(f"model.image_size={config.model.image_size} must equal data.resolution="
+                          f"{config.data.resolution} (the decoder generates the dataset's images)")
+    for field in ("clip_drop_prob", "text_drop_prob"):
+        if not 0.0 <= config.decoder[field] < 1.0:
+            raise ConfigError(f"decoder.{field}={config.decoder[field]}: must be in [0, 1)")
+    if config.decoder.eval_limit < 1:
+        raise ConfigError(f"decoder.eval_limit={config.decoder.eval_limit}: must be >= 1")
+    if config.model.text.width < 0:
+        raise ConfigError(f"model.text.width={config.model.text.width}: must be >= 0 (0 = no caption)")
+    image_diffusion.validate_sections(config)
+
+
+def unet_config(config: ml_collections.ConfigDict, clip: FrozenClip) -> ml_collections.ConfigDict:
+    """`config.model` completed for `UNet.from_config` with the CLIP and tokenizer facts."""
+    m = ml_collections.ConfigDict(config.model.to_dict())
+    text = m.text
+    del m.text
+    m.text = None
+    if text.width:
+        m.text = dict(vocab_size=clip.tokenizer.vocab_size, context_length=clip.context_length, **text.to_dict())
+    m.clip_embed_dim = clip.embed_dim
+    m.out_channels = image_diffusion.ImageDiffusion(config.diffusion, config.sampling).out_channels
+    return m
+
+
+class DecoderStage(Stage):
+    """Trains the decoder UNet on images and the frozen CLIP's embeddings of them."""
+
+    def __init__(self, config: ml_collections.ConfigDict, clip: FrozenClip | None = None):
+        self.config = config
+        self.clip = clip or FrozenClip(config.clip.workdir)
+        try:
+            self.model = UNet.from_config(unet_config(config, self.clip), dtype=jnp.dtype(config.dtype))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.diffusion = image_diffusion.ImageDiffusion(config.diffusion, config.sampling)
+        self.uses_text = self.model.text_encoder is not None
+        self.splits = EVAL_SPLITS if config.data.name == "shapes" else ("validation",)
+
+    def init_params(self, rng: jax.Array) -> Any:
+        size = self.model.image_size
+        text = jnp.zeros((1, self.clip.context_length), jnp.int32) if self.uses_text else None
+        return self.model.init(rng, jnp.zeros((1, size, size, 3)), jnp.zeros((1,), jnp.int32),
+                               jnp.zeros((1, self.clip.embed_dim)), text)["params"]
+
+    def frozen_params(self) -> Any:
+        return self.clip.params
+
+    def train_data(self):
+        return pipeline.open_splits(self.config.data, ["train"])["train"], self._example
+
+    def _example(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        out = self.clip.example(example)
+        return {"image": out["image"], "tokens": out["tokens"]}
+
+    def apply(self, params: Any, x_t: jax.Array, t: jax.Array, clip_embed: jax.Array, tokens: jax.Array,
+              use_condition: jax.Array, train: bool = False, rngs: dict | None = None) -> jax.Array:
+        """The UNet's raw output; rows with `use_condition` False get the null CLIP and no caption
+        (callers drop the two separately while training: see `loss`)."""
+        return self.model.apply({"params": params}, x_t, t, clip_embed, tokens if self.uses_text else None,
+                                drop_clip=~use_condition, drop_text=~use_condition, train=train, rngs=rngs)
+
+    def loss(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, frozen: Any):
+        clip_embed = jax.lax.stop_gradient(self.clip.encode_images(frozen, batch["image"]))
+        drop_rng, diffusion_rng, dropout_rng = jax.random.split(rng, 3)
+        clip_rng, text_rng = jax.random.split(drop_rng)
+        batch_size = clip_embed.shape[0]
+        drop_clip = jax.random.bernoulli(clip_rng, self.config.decoder.clip_drop_prob, (batch_size,))
+        drop_text = jax.random.bernoulli(text_rng, self.config.decoder.text_drop_prob, (batch_size,))
+        tokens = batch["tokens"] if self.uses_text else None
+
+        def apply(x_t, t):
+            return self.model.apply({"params": params}, x_t, t, clip_embed, tokens, drop_clip=drop_clip,
+                                    drop_text=drop_text, train=True, rngs={"dropout": dropout_rng})
+
+        loss, metrics = self.diffusion.loss(apply, to_model_images(batch["image"]), diffusion_rng)
+        return jnp.mean(loss), metrics
+
+    # --- sampling -----------------------------------------------------------------------------
+    def generate(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array,
+                 sampling: ml_collections.ConfigDict | None = None) -> jax.Array:
+        """Images [B, R, R, 3] in [-1, 1] for batch["image_embed"] (unit CLIP image embeddings) and
+        batch["tokens"]; batch["x_T"] (optional) fixes the initial noise."""
+        clip_embed, tokens = batch["image_embed"], batch["tokens"]
+        rows, size = clip_embed.shape[0], self.model.image_size
+
+        def cond_model_fn(x_t, t, use_condition):
+            repeats = x_t.shape[0] // rows
+            return self.apply(params, x_t, t, jnp.tile(clip_embed, (repeats, 1)), jnp.tile(tokens, (repeats, 1)),
+                              use_condition)
+
+        return self.diffusion.sample(cond_model_fn, (rows, size, size, 3), rng, sampling, batch.get("x_T"))
+
+    def invert(self, params: Any, batch: Mapping[str, jax.Array], num_steps: int) -> jax.Array:
+        """DDIM-inverted latents x_T of batch["image"] (uint8) under its embedding and caption."""
+        clip_embed, tokens = batch["image_embed"], batch["tokens"]
+
+        def cond_model_fn(x_t, t, use_condition):
+            return self.apply(params, x_t, t, clip_embed, tokens, use_condition)
+
+        return self.diffusion.invert(cond_model_fn, to_model_images(batch["image"]), num_steps)
+
+    def _encode(self, clip_params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+        return self.clip.encode_images(clip_params, batch["image"])
+
+    def _sample(self, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+        rng = jax.random.fold_in(jax.random.key(self.config.seed), batch["index"][0])
+        return self.generate(params, batch, rng)
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, params: Any, infer) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        sources = pipeline.open_splits(self.config.data, list(self.splits))
+        for split in self.splits:
+            data = pipeline.load_all(sources[split], self.clip.example, self.config.decoder.eval_limit)
+            embeds = infer(self._encode, self.clip.params, {"image": data["image"]})
+            inputs = {"image_embed": embeds, "tokens": data["tokens"],
+                      "index": np.arange(len(embeds), dtype=np.int32)}
+            decoded = images.to_uint8(infer(self._sample, params, inputs))
+            if "combination" in data:
+                combos = shapes.all_combinations()
+                targets = [combos[c] for c in data["combination"]]
+                for name, value in shapes_attributes.score(decoded, targets).items():
+                    result[f"{split}/attribute_{name}"] = value
+            shown = min(GRID_EXAMPLES, len(decoded))
+            pairs = np.stack([data["image"][:shown], decoded[:shown]], axis=1).reshape(-1, *decoded.shape[1:])
+            result[f"{split}_source_and_decoded"] = images.grid(pairs, columns=8)
+        return result

@@ -1,0 +1,116 @@
+"""The decoder and upsampler stages on tiny models: sharding, crops, full-size application, config errors."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dalle2_jax import config_schema
+from dalle2_jax.models.unet import count_params
+from dalle2_jax.parallel.mesh import ConfigError
+from dalle2_jax.stages import decoder, make_stage, upsampler
+from dalle2_jax.stages.upsampler import _random_crops
+from dalle2_jax.training.loop import train_and_evaluate
+from tests.tiny import TINY_DECODER_OVERRIDES, TINY_UPSAMPLER_OVERRIDES, load_config, tiny_stage_config
+
+NO_EVAL = {"train.num_steps": 2, "train.eval_every": 1000, "train.checkpoint_every": 1000, "optim.ema_decay": 0.0}
+
+
+def decoder_config(clip_workdir, data_dir, **fields):
+    config = tiny_stage_config("configs/shapes/decoder.py", data_dir, TINY_DECODER_OVERRIDES, **fields)
+    config.clip.workdir = clip_workdir
+    return config
+
+
+def upsampler_config(data_dir, **fields):
+    return tiny_stage_config("configs/shapes/upsampler.py", data_dir, TINY_UPSAMPLER_OVERRIDES, **fields)
+
+
+def _train(config, workdir, devices):
+    state, _ = train_and_evaluate(config, str(workdir), make_stage(config), devices=devices)
+    return jax.device_get(state.params)
+
+
+@pytest.mark.parametrize("stage", ["decoder", "upsampler"])
+def test_sharded_training_matches_one_device(stage, clip_workdir, shapes_data_dir, tmp_path):
+    """Data parallel (8,1,1) and data x FSDP x tensor (2,2,2) train the UNets like one device."""
+    assert jax.device_count() == 8
+
+    def config(mesh):
+        fields = {**NO_EVAL, "mesh.data": mesh[0], "mesh.fsdp": mesh[1], "mesh.tensor": mesh[2]}
+        if stage == "decoder":
+            return decoder_config(clip_workdir, shapes_data_dir, **fields)
+        return upsampler_config(shapes_data_dir, **fields)
+
+    reference = _train(config((1, 1, 1)), tmp_path / "one", jax.devices()[:1])
+    for mesh in ((8, 1, 1), (2, 2, 2)):
+        params = _train(config(mesh), tmp_path / f"mesh{mesh}", jax.devices())
+        for (path, expected), actual in zip(jax.tree.leaves_with_path(reference), jax.tree.leaves(params),
+                                            strict=True):
+            np.testing.assert_allclose(actual, expected, rtol=2e-4, atol=2e-5,
+                                       err_msg=f"{mesh} {jax.tree_util.keystr(path)}")
+
+
+def test_random_crops_are_aligned_with_the_low_res_image():
+    high = jnp.arange(2 * 8 * 8 * 1, dtype=jnp.float32).reshape(2, 8, 8, 1)
+    low = high[:, ::2, ::2]  # a point-sampled 2x downsampling: crops must pick the same points
+    for seed in range(5):
+        hi_crop, lo_crop = _random_crops(jax.random.key(seed), high, low, 4)
+        assert hi_crop.shape == (2, 4, 4, 1) and lo_crop.shape == (2, 2, 2, 1)
+        np.testing.assert_array_equal(lo_crop, hi_crop[:, ::2, ::2])
+
+
+def test_upsampler_trains_on_crops_and_runs_at_full_size(shapes_data_dir):
+    config = upsampler_config(shapes_data_dir)
+    stage = make_stage(config)
+    assert stage.train_model.image_size == 16 and stage.model.image_size == 64
+    params = stage.init_params(jax.random.key(0))
+    params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
+                          is_leaf=lambda x: hasattr(x, "value"))
+    low = jnp.zeros((2, 32, 32, 3))
+    out = jax.jit(stage.generate)(params, {"low_res": low}, jax.random.key(0))
+    assert out.shape == (2, 64, 64, 3)
+
+
+def test_decoder_and_upsampler_config_errors_name_the_field(clip_workdir, shapes_data_dir):
+    cases = [
+        (decoder_config(clip_workdir, shapes_data_dir, **{"model.image_size": 64}), "model.image_size=64"),
+        (decoder_config(clip_workdir, shapes_data_dir, **{"decoder.text_drop_prob": 1.0}), "decoder.text_drop_prob"),
+        (decoder_config(clip_workdir, shapes_data_dir, **{"sampling.num_steps": 0}), "sampling.num_steps=0"),
+        (decoder_config(clip_workdir, shapes_data_dir, **{"diffusion.objective": "score"}), "diffusion.objective"),
+        (upsampler_config(shapes_data_dir, **{"model.attention_resolutions": (16,)}), "model.attention_resolutions"),
+        (upsampler_config(shapes_data_dir, **{"upsampler.low_res_size": 24}), "upsampler.low_res_size=24"),
+        (upsampler_config(shapes_data_dir, **{"upsampler.crop_size": 15}), "upsampler.crop_size=15"),
+        (upsampler_config(shapes_data_dir, **{"upsampler.degradation": "jpeg"}), "upsampler.degradation='jpeg'"),
+        (upsampler_config(shapes_data_dir, **{"sampling.guidance_scale": 2.0}), "sampling.guidance_scale"),
+    ]
+    for config, message in cases:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+            config_schema.validate(config, num_devices=8, num_processes=1)
+    config = decoder_config(clip_workdir, shapes_data_dir, **{"model.head_channels": 5})
+    with pytest.raises(ConfigError, match="model.head_channels"):
+        make_stage(config)
+
+
+@pytest.mark.parametrize("path, paper", [("configs/paper/decoder_3p5b.py", 3.5e9),
+                                         ("configs/paper/upsampler_256.py", 700e6),
+                                         ("configs/paper/upsampler_1024.py", 300e6)])
+def test_paper_configs_have_the_papers_parameter_counts(path, paper):
+    """unCLIP appendix C, table 3: decoder 3.5B, upsamplers 700M and 300M (counted through eval_shape)."""
+    config = load_config(path)
+    config_schema.validate(config, num_devices=64, num_processes=16)
+    if config.stage == "decoder":
+        clip_config = load_config("configs/paper/clip_vit_h16.py")
+        clip = SimpleNamespace(embed_dim=clip_config.model.embed_dim,
+                               context_length=clip_config.tokenizer.context_length,
+                               tokenizer=SimpleNamespace(vocab_size=clip_config.tokenizer.vocab_size))
+        model_config = decoder.unet_config(config, clip)
+    else:
+        model_config = upsampler.unet_config(config, config.model.image_size)
+    count = count_params(model_config)
+    print(f"{path}: {count:,} parameters (paper: {paper:,.0f})")
+    assert abs(count - paper) / paper < 0.15
