@@ -120,3 +120,18 @@ def test_sample_command_errors_are_one_line(unclip_run, tmp_path, flags, message
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and message in last, result.stderr[-2000:]
+
+
+def test_manipulation_measurements_run(pipeline, shapes_data_dir):
+    from dalle2_jax.data import pipeline as data_pipeline
+    from dalle2_jax.data import shapes
+    from dalle2_jax.evaluation.manipulations import measure
+
+    source = data_pipeline.open_splits(pipeline.clip.config.data, ["validation"])["validation"]
+    data = data_pipeline.load_all(source, pipeline.clip.example, 2)
+    attributes = [shapes.all_combinations()[c] for c in data["combination"]]
+    metrics, grids = measure(pipeline, data["image"], attributes, num_variations=2, thetas=[0.5], eta=1.0)
+    assert 0.0 <= metrics["variations/all_attributes_kept"] <= 1.0
+    assert 0.0 <= metrics["interpolation/endpoints_reproduce_source_attributes"] <= 1.0
+    assert "text_diff/theta_0.5/took_target_color" in metrics
+    assert grids["interpolations"].dtype == np.uint8

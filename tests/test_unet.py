@@ -249,3 +249,26 @@ def test_paper_parameter_counts(name):
     count = count_params(ml_collections.ConfigDict(fields))
     print(f"{name}: {count:,} parameters (paper: {paper:,.0f})")
     assert abs(count - paper) / paper < 0.15
+
+
+def test_spatial_clip_map_and_coordinate_channels():
+    """The optional layout aids: a CLIP map at one feature-map size and (x, y) input channels."""
+    cfg = decoder_config(attention_resolutions=(), clip_spatial=4, coordinate_channels=True)
+    del cfg["text"]
+    model = UNet.from_config(cfg)
+    inputs = {k: v for k, v in decoder_inputs().items() if k != "text_tokens"}
+    variables = perturb(init(model, inputs))
+    params = variables["params"]
+    assert params["clip_to_map"]["kernel"].value.shape == (E, 4 * 4 * 16)
+    assert params["conv_in"]["kernel"].value.shape == (3, 3, 3 + 2, 16)  # x_t and the two coordinates
+    base = run(model, variables, inputs)
+    # Only the map carries CLIP here: changing it changes the output; dropping CLIP ignores it.
+    without_map = jax.tree.map(np.zeros_like, params["clip_to_map"])
+    changed = {"params": {**params, "clip_to_map": without_map}}
+    assert not np.allclose(base, run(model, changed, inputs))
+    dropped = run(model, variables, inputs, drop_clip=jnp.ones((B,), bool))
+    np.testing.assert_allclose(dropped, run(model, variables, inputs, drop_clip=jnp.ones((B,), bool),
+                                            clip_embed=jax.random.normal(jax.random.key(5), (B, E))),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="model.clip_spatial=3"):
+        UNet.from_config(decoder_config(clip_spatial=3))

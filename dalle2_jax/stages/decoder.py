@@ -54,6 +54,8 @@ def model_config() -> ml_collections.ConfigDict:
     m.head_channels = 64  # channels per attention head (paper: 64)
     m.dropout = 0.0  # inside the residual blocks
     m.clip_tokens = 4  # context tokens projected from the CLIP embedding (paper: 4)
+    m.coordinate_channels = False  # (x, y) input channels (not in the paper; see models/unet.py)
+    m.clip_spatial = 0  # add a spatial projection of CLIP at this feature-map size (0 = off; not in the paper)
     m.remat = False  # recompute activations in the backward pass
     m.text = ml_collections.ConfigDict()
     m.text.width = 64  # caption encoder width (0 = no caption conditioning)
