@@ -33,4 +33,6 @@ def get_config(arg: str | None = None):
     stages = {name: _stage_config(name) for name in ("clip", "prior", "decoder", "upsampler")}
     stages["prior"].clip.workdir = f"{PLACEHOLDER}/clip"
     stages["decoder"].clip.workdir = f"{PLACEHOLDER}/clip"
-    return multistage_config(stages, samples=samples_config())
+    samples = samples_config()
+    samples.batch_size = 24  # 72 prompts in 3 compiled batches
+    return multistage_config(stages, samples=samples)

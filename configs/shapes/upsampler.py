@@ -29,15 +29,17 @@ def get_config(arg: str | None = None):
     config.upsampler.degradation = "blur"
     config.upsampler.eval_limit = 32
 
-    config.optim.learning_rate = 5e-4
-    config.optim.warmup_steps = 100
+    config.diffusion.objective = "x0"  # as the shapes decoder: fastest to learn on flat images
+
+    config.optim.learning_rate = 1e-3
+    config.optim.warmup_steps = 50
     config.optim.weight_decay = 0.0
     config.optim.ema_decay = 0.999
 
     config.sampling.num_steps = 20
 
-    config.train.num_steps = 1000
+    config.train.num_steps = 400
     config.train.log_every = 50
-    config.train.eval_every = 500
-    config.train.checkpoint_every = 500
+    config.train.eval_every = 400
+    config.train.checkpoint_every = 400
     return config
