@@ -41,7 +41,7 @@ def load_config(path: str, arg: str | None = None):
 # The decoder and upsampler shrunk the same way (tiny sizes, 3 steps, 3 sampling steps).
 TINY_DECODER_OVERRIDES = {
     "data.batch_size": 16, "data.eval_batch_size": 16, "data.num_threads": 1,
-    "model.channels": 8, "model.channel_mults": (1, 2), "model.attention_resolutions": (16,),
+    "model.channels": 8, "model.channel_mults": (1, 2), "model.attention_resolutions": (16,), "model.clip_spatial": 16,
     "model.head_channels": 8, "model.text.width": 8, "model.text.depth": 1, "model.text.num_heads": 2,
     "decoder.eval_limit": 8, "sampling.num_steps": 3, "optim.warmup_steps": 1,
     "train.num_steps": 3, "train.log_every": 1, "train.eval_every": 100, "train.checkpoint_every": 100,
