@@ -119,6 +119,13 @@ def score(images: np.ndarray, targets: Sequence[Mapping[str, str]]) -> dict[str,
     return result
 
 
+def score_combinations(images: np.ndarray, combinations: Sequence[int], prefix: str) -> dict[str, float]:
+    """`score` against dataset combination indices, as `{prefix}/attribute_{name}` metrics."""
+    everything = shapes.all_combinations()
+    scores = score(images, [everything[int(c)] for c in combinations])
+    return {f"{prefix}/attribute_{name}": value for name, value in scores.items()}
+
+
 def _predict_chunk(images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     n, resolution = images.shape[0], images.shape[1]
     pixels = images.reshape(n, -1, 3).astype(np.float32)

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from dalle2_jax import images
-from dalle2_jax.data import pipeline, shapes
+from dalle2_jax.data import pipeline
 from dalle2_jax.evaluation import shapes_attributes
 from dalle2_jax.models.unet import UNet
 from dalle2_jax.parallel.mesh import ConfigError
@@ -201,10 +201,7 @@ class DecoderStage(Stage):
                       "index": np.arange(len(embeds), dtype=np.int32)}
             decoded = images.to_uint8(infer(self._sample, params, inputs))
             if "combination" in data:
-                combos = shapes.all_combinations()
-                targets = [combos[c] for c in data["combination"]]
-                for name, value in shapes_attributes.score(decoded, targets).items():
-                    result[f"{split}/attribute_{name}"] = value
+                result.update(shapes_attributes.score_combinations(decoded, data["combination"], split))
             shown = min(GRID_EXAMPLES, len(decoded))
             pairs = np.stack([data["image"][:shown], decoded[:shown]], axis=1).reshape(-1, *decoded.shape[1:])
             result[f"{split}_source_and_decoded"] = images.grid(pairs, columns=8)

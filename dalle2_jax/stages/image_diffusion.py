@@ -1,5 +1,7 @@
 """Diffusion over images, shared by the decoder and the upsamplers (unCLIP sec. 2.1, appendix C).
 
+(`check_process` and `check_sampling` also check the prior's sections, which have the same fields.)
+
 Holds the two config sections both image stages have (`diffusion`: forward process and
 objective; `sampling`: reverse process) and `ImageDiffusion`, which turns a UNet's `apply` into a
 training loss and a sampler. Images are float32 in [-1, 1]; every x0 estimate is clipped to that
@@ -48,18 +50,22 @@ def sampling_config(num_steps: int = 50, guidance_scale: float = 1.0) -> ml_coll
     return s
 
 
-def validate_sections(config: ml_collections.ConfigDict) -> None:
-    """Checks `diffusion` and `sampling`; raises ConfigError naming the field."""
-    diffusion, sampling = config.diffusion, config.sampling
+def check_process(diffusion: ml_collections.ConfigDict) -> None:
+    """Checks the forward-process fields every diffusion stage (prior too) has; ConfigError names them."""
     for field, allowed in (("objective", objectives.OBJECTIVES), ("loss_weighting", objectives.LOSS_WEIGHTS),
                            ("schedule", schedules.SCHEDULES)):
         if diffusion[field] not in allowed:
             raise ConfigError(f"diffusion.{field}={diffusion[field]!r}: expected one of {allowed}")
     if not isinstance(diffusion.num_timesteps, int) or diffusion.num_timesteps < 2:
         raise ConfigError(f"diffusion.num_timesteps={diffusion.num_timesteps!r}: must be an integer >= 2")
-    if diffusion.vlb_weight < 0:
-        raise ConfigError(f"diffusion.vlb_weight={diffusion.vlb_weight}: must be >= 0")
-    check_sampling(sampling, diffusion.num_timesteps, "sampling")
+
+
+def validate_sections(config: ml_collections.ConfigDict) -> None:
+    """Checks `diffusion` and `sampling`; raises ConfigError naming the field."""
+    check_process(config.diffusion)
+    if config.diffusion.vlb_weight < 0:
+        raise ConfigError(f"diffusion.vlb_weight={config.diffusion.vlb_weight}: must be >= 0")
+    check_sampling(config.sampling, config.diffusion.num_timesteps, "sampling")
 
 
 def check_sampling(sampling: ml_collections.ConfigDict, num_timesteps: int, prefix: str) -> None:

@@ -37,11 +37,11 @@ from dalle2_jax.data import embeddings, pipeline, shapes
 from dalle2_jax.diffusion import objectives, samplers, schedules
 from dalle2_jax.models.prior import DiffusionPrior
 from dalle2_jax.parallel.mesh import ConfigError
+from dalle2_jax.stages import image_diffusion
 from dalle2_jax.stages.base import Stage
 from dalle2_jax.stages.frozen_clip import FrozenClip
 
 EVAL_SPLITS = ("validation", "heldout")
-SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp_2m")
 EMBEDDINGS = ("precomputed", "on_the_fly")
 CLASS_EMBEDS = "class_text_embeds.npy"  # shapes: the 720 captions' CLIP text embeddings
 TRAIN_MEAN = "train_image_embed_mean.npy"  # the prior-free baseline: mean train image embedding
@@ -98,21 +98,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Prior-specific checks; raises ConfigError naming the field."""
     if not config.clip.workdir:
         raise ConfigError("clip.workdir: name the finished CLIP run the prior is trained on")
-    if config.sampling.sampler not in SAMPLERS:
-        raise ConfigError(f"sampling.sampler={config.sampling.sampler!r}: expected one of {SAMPLERS}")
-    if not 1 <= config.sampling.num_steps <= config.diffusion.num_timesteps:
-        raise ConfigError(f"sampling.num_steps={config.sampling.num_steps}: must be in "
-                          f"[1, diffusion.num_timesteps={config.diffusion.num_timesteps}]")
+    image_diffusion.check_process(config.diffusion)
+    image_diffusion.check_sampling(config.sampling, config.diffusion.num_timesteps, "sampling")
     if config.sampling.num_candidates < 1:
         raise ConfigError(f"sampling.num_candidates={config.sampling.num_candidates}: must be >= 1")
     if config.prior.embeddings not in EMBEDDINGS:
         raise ConfigError(f"prior.embeddings={config.prior.embeddings!r}: expected one of {EMBEDDINGS}")
     if not 0.0 <= config.prior.text_drop_prob < 1.0:
         raise ConfigError(f"prior.text_drop_prob={config.prior.text_drop_prob}: must be in [0, 1)")
-    for field, allowed in (("objective", objectives.OBJECTIVES), ("loss_weighting", objectives.LOSS_WEIGHTS),
-                           ("schedule", schedules.SCHEDULES)):
-        if config.diffusion[field] not in allowed:
-            raise ConfigError(f"diffusion.{field}={config.diffusion[field]!r}: expected one of {allowed}")
 
 
 def sample_embeddings(model: DiffusionPrior, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array,

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from dalle2_jax import images
-from dalle2_jax.data import degrade, pipeline, shapes
+from dalle2_jax.data import degrade, pipeline
 from dalle2_jax.evaluation import shapes_attributes
 from dalle2_jax.models.unet import UNet
 from dalle2_jax.parallel.mesh import ConfigError
@@ -192,10 +192,7 @@ class UpsamplerStage(Stage):
             result[f"{split}/psnr"] = float(np.mean(10 * np.log10(4.0 / np.maximum(mse, 1e-10))))
             upsampled = images.to_uint8(upsampled)
             if "combination" in data:
-                combos = shapes.all_combinations()
-                targets = [combos[c] for c in data["combination"]]
-                for name, value in shapes_attributes.score(upsampled, targets).items():
-                    result[f"{split}/attribute_{name}"] = value
+                result.update(shapes_attributes.score_combinations(upsampled, data["combination"], split))
             shown = min(GRID_EXAMPLES, len(upsampled))
             low = images.to_uint8(np.asarray(degrade.downsample(truth[:shown], self.low_res_size)))
             cells = [picture for k in range(shown) for picture in (low[k], upsampled[k], data["image"][k])]
