@@ -6,6 +6,10 @@ Run (2-core CPU; needs no other stage):
 The shapes dataset is generated at 64 px for it (same examples as the 32 px one, drawn from the
 same seeds). Evaluations upsample downsampled validation / held-out images: PSNR and attribute
 accuracy at 64 px, and a grid of low-res | upsampled | true in WORKDIR/samples/.
+
+Measured (2026-11-27, this project's 2-core CPU, inside the README main job): 7 min 31 s wall
+including generating the 64 px dataset (400 steps at ~1.15 steps/s). Upsampled 32 -> 64 px
+validation / held-out images: all five attributes right 100% / 100%, PSNR 23.4 / 23.7 dB.
 """
 
 from dalle2_jax import config_schema
