@@ -24,11 +24,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A finished main-job run.")
-_NUM_SOURCES = flags.DEFINE_integer("num_sources", 24, "Validation images manipulated.")
-_NUM_VARIATIONS = flags.DEFINE_integer("num_variations", 4, "Variations per source.")
-_THETAS = flags.DEFINE_list("thetas", ["0.25", "0.5", "0.75"], "Text-diff slerp angles.")
-_ETA = flags.DEFINE_float("eta", 1.0, "DDIM noise of the variations.")
+
+def _define_flags() -> None:
+    """Only when run as a program: `measure` is imported by tests next to modules with the same flags."""
+    flags.DEFINE_string("workdir", None, "A finished main-job run.")
+    flags.DEFINE_integer("num_sources", 24, "Validation images manipulated.")
+    flags.DEFINE_integer("num_variations", 4, "Variations per source.")
+    flags.DEFINE_list("thetas", ["0.25", "0.5", "0.75"], "Text-diff slerp angles.")
+    flags.DEFINE_float("eta", 1.0, "DDIM noise of the variations.")
 
 
 def _matches(predicted: dict[str, str], target: dict[str, str], skip: str = "") -> bool:
@@ -87,7 +90,8 @@ def measure(pipeline, sources: np.ndarray, attributes: list[dict[str, str]], num
 
 def main(argv: list[str]) -> None:
     del argv
-    if not _WORKDIR.value:
+    args = flags.FLAGS
+    if not args.workdir:
         sys.exit("error: --workdir is required")
     import jax
 
@@ -101,16 +105,16 @@ def main(argv: list[str]) -> None:
     from dalle2_jax.pipeline import Pipeline
 
     try:
-        pipeline = Pipeline(_WORKDIR.value)
+        pipeline = Pipeline(args.workdir)
     except (ConfigError, ValueError) as e:
         sys.exit(f"error: {e}")
     source = data_pipeline.open_splits(pipeline.clip.config.data, ["validation"])["validation"]
-    data = data_pipeline.load_all(source, pipeline.clip.example, _NUM_SOURCES.value)
+    data = data_pipeline.load_all(source, pipeline.clip.example, args.num_sources)
     combos = shapes.all_combinations()
     attributes = [combos[c] for c in data["combination"]]
-    metrics, grids = measure(pipeline, data["image"], attributes, _NUM_VARIATIONS.value,
-                             [float(t) for t in _THETAS.value], _ETA.value)
-    out = epath.Path(_WORKDIR.value) / "manipulations"
+    metrics, grids = measure(pipeline, data["image"], attributes, args.num_variations,
+                             [float(t) for t in args.thetas], args.eta)
+    out = epath.Path(args.workdir) / "manipulations"
     out.mkdir(parents=True, exist_ok=True)
     for name, picture in grids.items():
         images.write_png(out / f"{name}.png", picture)
@@ -119,4 +123,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
