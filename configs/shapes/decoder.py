@@ -28,11 +28,15 @@ def get_config(arg: str | None = None):
     config.model.num_res_blocks = 1
     config.model.attention_resolutions = (8,)
     # Layout aids (not in the paper, see models/unet.py): position stayed at chance without them.
+    # The spatial CLIP map at 16 x 16 (32 images, decoding true embeddings, 800 steps, all five
+    # attributes validation / held-out): 53% / 31% at 16 x 16, against 25% / 25% at 8 x 8 and
+    # 28% / 41% at 32 x 32; shape 56% at 16 against 34% at 8.
     config.model.coordinate_channels = True
-    config.model.clip_spatial = 8
+    config.model.clip_spatial = 16
 
     # x0 with uniform weights: on these flat images it learned colors and backgrounds several
-    # times faster than eps (400 steps: clean backgrounds vs noisy images) or min-SNR weighting.
+    # times faster than eps (400 steps: clean backgrounds vs noisy images) or min-SNR weighting;
+    # v (with the 16 x 16 map, 800 steps) reached 31% / 34% all five against x0's 53% / 31%.
     config.diffusion.objective = "x0"
 
     config.optim.learning_rate = 1e-3
@@ -44,8 +48,8 @@ def get_config(arg: str | None = None):
     config.sampling.num_steps = 25
     config.sampling.guidance_scale = 2.0
 
-    config.train.num_steps = 800
+    config.train.num_steps = 1100
     config.train.log_every = 50
-    config.train.eval_every = 400
-    config.train.checkpoint_every = 400
+    config.train.eval_every = 550
+    config.train.checkpoint_every = 550
     return config
