@@ -48,8 +48,10 @@ def get_config(arg: str | None = None):
     config.sampling.num_steps = 25
     config.sampling.guidance_scale = 2.0
 
-    config.train.num_steps = 1100
+    # 1100 steps (a longer cosine schedule) evaluated no better (53% / 34% all five) and took the
+    # main job to 47.6 minutes.
+    config.train.num_steps = 800
     config.train.log_every = 50
-    config.train.eval_every = 550
-    config.train.checkpoint_every = 550
+    config.train.eval_every = 400
+    config.train.checkpoint_every = 400
     return config
