@@ -7,10 +7,10 @@ Run (2-core CPU), after `configs/shapes/clip.py` has finished in runs/shapes_cli
 decodes the CLIP embeddings of validation and held-out images and scores the decoded images'
 attributes; the grids of sources and decodings go to TensorBoard and WORKDIR/samples/.
 
-Measured (2026-11-27, this project's 2-core CPU, inside the README main job): 15 min 30 s wall
-(800 steps of 32 at ~0.93 steps/s, two evaluations). Decoding true CLIP embeddings of 32
-validation images: background 100%, color 96.9%, size 87.5%, position 84.4%, shape 34.4%, all
-five 25% (3% at step 400): shape is what this budget does not reach. README has the rest.
+Measured (2026-11-27, this project's 2-core CPU, inside the README main job): 16 min 42 s wall
+(800 steps of 32 at ~0.94 steps/s, two evaluations). Decoding true CLIP embeddings of 32
+validation images: background 100%, color 96.9%, size 90.6%, position 96.9%, shape 56.3%, all
+five 53.1% (12.5% at step 400): shape is what this budget does not reach. README has the rest.
 """
 
 from dalle2_jax import config_schema
