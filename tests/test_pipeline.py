@@ -108,6 +108,19 @@ def test_sample_command_writes_pngs_grid_and_manifest(unclip_run, tmp_path):
     assert len((tmp_path / "var" / "manifest.jsonl").read_text().splitlines()) == 2
 
 
+def test_finished_runs_load_on_another_device_count(unclip_run):
+    """The main job trains on 2 CPU devices; its runs must load where there is 1 (or a GPU)."""
+    workdir = unclip_run[0]
+    script = ("import jax, sys; jax.config.update('jax_num_cpu_devices', 1)\n"
+              "from dalle2_jax.stages.finished_run import load_finished_run\n"
+              "for stage in ('clip', 'prior', 'decoder', 'upsampler'):\n"
+              "    config, params = load_finished_run(sys.argv[1] + '/' + stage, 'workdir', stage)\n"
+              "    assert jax.tree.leaves(params), stage\n")
+    result = subprocess.run([sys.executable, "-c", script, str(workdir)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--prompt= "], "prompt is empty"),
     (["--prompt=a red circle", "--set=decodr.num_steps=3"], "unknown stage 'decodr'"),

@@ -30,8 +30,16 @@ def load_finished_run(workdir: str, field: str, stage: str) -> tuple[ml_collecti
     if wanted not in steps:
         raise ConfigError(f"{field}={workdir!r}: the {stage} run has not finished (finished checkpoints "
                           f"{sorted(steps)}, train.num_steps={wanted}); rerun its training command to finish it")
+    state_dir = path.absolute() / "checkpoints" / str(wanted) / "state"
     try:
-        state = ocp.StandardCheckpointer().restore(path.absolute() / "checkpoints" / str(wanted) / "state")
+        checkpointer = ocp.StandardCheckpointer()
+        # Restore onto one local device whatever mesh saved it: a run trained on 2 CPU devices
+        # must load in a 1-device process (or on a GPU), and Orbax refuses a topology change
+        # unless it is given a target.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                              checkpointer.metadata(state_dir).item_metadata)
+        state = checkpointer.restore(state_dir, target)
     except Exception as e:  # noqa: BLE001 - Orbax raises assorted errors for damaged files
         raise ConfigError(f"{field}={workdir!r}: the final checkpoint (step {wanted}) cannot be read: {e}") from None
     params = state["ema_params"] if state.get("ema_params") is not None else state["params"]
