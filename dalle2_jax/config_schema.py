@@ -56,9 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 4  # grain prefetch buffer (elements)
 
     c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.kind = "bytes"  # 'bytes': UTF-8 bytes; 'words': hashed lower-cased words
+    c.tokenizer.kind = "bytes"  # 'bytes': UTF-8 bytes; 'words': hashed lower-cased words; 'clip_bpe': CLIP's BPE
     c.tokenizer.context_length = 64  # tokens per caption, start and end included
     c.tokenizer.vocab_size = 8192  # 'words' only: ids words are hashed into (bytes: fixed 259)
+    c.tokenizer.bpe_path = ""  # 'clip_bpe' only: CLIP's merges file ('' = from an installed open_clip_torch)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3  # peak learning rate
