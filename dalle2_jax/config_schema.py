@@ -7,6 +7,9 @@ once instead of being silently added.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import jax
 import ml_collections
 
@@ -104,6 +107,14 @@ def for_stage(stage: str) -> ml_collections.ConfigDict:
         c[name] = section
     c.lock()
     return c
+
+
+def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file (so one config can start from another)."""
+    spec = importlib.util.spec_from_file_location(f"config_{os.path.basename(path).removesuffix('.py')}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def _positive(config: ml_collections.ConfigDict, *fields: str) -> None:

@@ -10,6 +10,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -88,8 +89,8 @@ def test_refusals_name_the_key():
     with pytest.raises(convert_clip.ConversionError, match="lacks 1 keys .* 'transformer.resblocks.1.mlp.c_proj.bias'"):
         convert_clip.convert(tensors, arch, "b32")
     with pytest.raises(convert_clip.ConversionError,
-                       match=r"^checkpoint key 'visual.conv1.weight' of shape \[48, 3, 14, 14\] does not fit --arch=b32 "
-                             r"\(vision/patch_embedding/kernel expects \(3072, 64\)\)"):
+                       match=r"^checkpoint key 'visual.conv1.weight' of shape \[48, 3, 14, 14\] does not fit "
+                             r"--arch=b32 \(vision/patch_embedding/kernel expects \(3072, 64\)\)"):
         convert_clip.convert(_state("vit_l14_openclip"), arch, "b32")
     tensors = _state("vit_b32_openai")
     tensors["input_resolution"] = np.array(336)
@@ -193,3 +194,35 @@ def test_torch_checkpoints_are_read_with_weights_only(tmp_path):
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": torch.from_numpy(v) for k, v in tensors.items()}},
                tmp_path / "epoch_3.pt")
     assert convert_clip.read_checkpoint(str(tmp_path / "epoch_3.pt")).keys() == tensors.keys()
+
+
+@pytest.mark.parametrize("path", ["configs/paper/prior_vit_l14.py", "configs/paper/decoder_vit_l14.py"])
+def test_vit_l14_paper_configs_validate_and_build(path, tmp_path):
+    """Karlo's setting: the paper's prior / decoder on an imported ViT-L/14 (embedding 768), built
+    through eval_shape on the sizes the converter writes for that arch (no weights needed)."""
+    from types import SimpleNamespace
+
+    from dalle2_jax.data.clip_bpe import ClipBpeTokenizer
+    from dalle2_jax.models import prior, unet
+    from dalle2_jax.stages import decoder
+
+    clip_config = convert_clip.pretrained_config(clip_archs.load_arch("ViT-L-14-quickgelu"))
+    (tmp_path / "config.json").write_text(clip_config.to_json())
+    (tmp_path / "pretrained.json").write_text("{}")
+    config = load_config(path)
+    assert config.clip.pretrained and not config.clip.workdir
+    config.clip.pretrained = str(tmp_path)
+    config_schema.validate(config, num_devices=64, num_processes=16)
+    embed_dim, text_width = clip_config.model.embed_dim, clip_config.model.text.width
+    assert (embed_dim, text_width, clip_config.tokenizer.context_length) == (768, 768, 77)
+    if config.stage == "prior":
+        cfg = ml_collections.ConfigDict(config.model.to_dict())
+        cfg.embed_dim, cfg.text_width, cfg.max_text_length = embed_dim, text_width, 77
+        count = prior.count_params(cfg)
+        assert 1.0e9 <= count < 1.3e9  # prior_1b.py's transformer; only the CLIP-facing layers shrink
+    else:
+        clip = SimpleNamespace(embed_dim=embed_dim, context_length=77,
+                               tokenizer=SimpleNamespace(vocab_size=ClipBpeTokenizer.vocab_size))
+        count = unet.count_params(decoder.unet_config(config, clip))
+        assert abs(count - 3.5e9) / 3.5e9 < 0.15
+    print(f"{path}: {count:,} parameters")
