@@ -281,8 +281,9 @@ def convert_checkpoint(checkpoint: str, arch_name: str, out: str, bpe_path: str 
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
+    from absl import flags, logging
 
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a save at INFO
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS

@@ -226,3 +226,22 @@ def test_vit_l14_paper_configs_validate_and_build(path, tmp_path):
         count = unet.count_params(decoder.unet_config(config, clip))
         assert abs(count - 3.5e9) / 3.5e9 < 0.15
     print(f"{path}: {count:,} parameters")
+
+
+@pytest.mark.slow
+def test_prior_trains_on_the_converted_clip(converted_dir, shapes_data_dir, tmp_path):
+    """The prior stage end to end (CLIP BPE tokens of the captions, 32 px images resized to the
+    converted CLIP's 224 px with OpenAI's statistics, embeddings, training, evaluation)."""
+    from dalle2_jax.stages import make_stage
+    from dalle2_jax.training.loop import train_and_evaluate
+    from tests.tiny import TINY_CLIP_OVERRIDES, set_fields
+
+    config = load_config("configs/shapes/prior.py")
+    tiny_data = {k: v for k, v in TINY_CLIP_OVERRIDES.items() if k.startswith("data.")}
+    set_fields(config, {**tiny_data, "data.data_dir": shapes_data_dir, "clip.pretrained": converted_dir,
+                        "prior.embeddings_dir": str(tmp_path / "embeddings"), "prior.eval_limit": 16,
+                        "model.width": 32, "model.depth": 1, "model.num_heads": 2, "sampling.num_steps": 4,
+                        "train.num_steps": 2, "train.log_every": 1, "train.eval_every": 100,
+                        "train.checkpoint_every": 100})
+    _, metrics = train_and_evaluate(config, str(tmp_path / "prior"), make_stage(config))
+    assert np.isfinite(metrics["eval/validation/cosine_prior"])
