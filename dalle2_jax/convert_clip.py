@@ -9,7 +9,9 @@ the published ones (Radford et al. 2021; OpenCLIP, Cherti et al. 2023) instead o
 names) or an OpenCLIP model-config JSON file. The checkpoint is a safetensors file, or a torch
 file read with `torch.load(weights_only=True)` (torch imported only then), in the key layout of
 OpenAI's `CLIP` module, which OpenCLIP's `CLIP` shares (`visual.conv1.weight`,
-`transformer.resblocks.0.attn.in_proj_weight`, ...); OpenAI's `input_resolution` /
+`transformer.resblocks.0.attn.in_proj_weight`, ...), or of Hugging Face `transformers`'
+`CLIPModel` (`vision_model.encoder.layers.0.self_attn.q_proj.weight`, ...: OpenAI's weights as
+published on the hub as openai/clip-vit-large-patch14); OpenAI's `input_resolution` /
 `context_length` / `vocab_size` entries are checked against the arch, a training checkpoint's
 `state_dict` wrapper and `module.` prefixes are removed. A key that has no place in the arch,
 a missing key or a shape that does not fit is refused with one line naming it.
@@ -32,6 +34,9 @@ from typing import Any
 import numpy as np
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+OPENAI, HUGGING_FACE = "OpenAI/OpenCLIP", "Hugging Face transformers"  # the key layouts read
+# Buffers that hold no weights: token positions 0..L-1 in some Hugging Face files.
+IGNORED = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 # Entries of OpenAI's released files that hold sizes, not weights: (arch field, where it is).
 OPENAI_SIZES = {"input_resolution": ("vision_cfg", "image_size"), "context_length": ("text_cfg", "context_length"),
                 "vocab_size": ("text_cfg", "vocab_size")}
@@ -90,68 +95,108 @@ def _transposed(x: np.ndarray) -> np.ndarray:
     return x.T
 
 
-def _tower(torch_prefix: str, ours: Path, depth: int, width: int, heads: int) -> dict[str, Placement]:
-    """Where each key of one OpenAI-layout transformer goes (torch Linear weights are [out, in];
-    ours are [in, out], attention split into heads)."""
+def _layer_norm(theirs: str, ours: Path) -> dict[str, Placement]:
+    return {f"{theirs}.weight": [((*ours, "scale"), _same)], f"{theirs}.bias": [((*ours, "bias"), _same)]}
+
+
+def _linear(theirs: str, ours: Path, kernel: Callable[[np.ndarray], np.ndarray] = _transposed,
+            bias: Callable[[np.ndarray], np.ndarray] = _same) -> dict[str, Placement]:
+    """A torch Linear ([out, in] weight) as our Dense ([in, out] kernel)."""
+    return {f"{theirs}.weight": [((*ours, "kernel"), kernel)], f"{theirs}.bias": [((*ours, "bias"), bias)]}
+
+
+# Per layout: the names of one transformer block's parts (attention projections: fused q/k/v in
+# OpenAI's `in_proj`, separate in Hugging Face's), then of the embeddings, norms and projections.
+_BLOCK_NAMES = {
+    OPENAI: dict(ln_attn="ln_1", ln_mlp="ln_2", out="attn.out_proj", fc_in="mlp.c_fc", fc_out="mlp.c_proj"),
+    HUGGING_FACE: dict(ln_attn="layer_norm1", ln_mlp="layer_norm2", out="self_attn.out_proj", fc_in="mlp.fc1",
+                       fc_out="mlp.fc2", query="self_attn.q_proj", key="self_attn.k_proj", value="self_attn.v_proj"),
+}
+_NAMES = {
+    OPENAI: dict(patches="visual.conv1.weight", class_token="visual.class_embedding",
+                 vision_positions="visual.positional_embedding", ln_pre="visual.ln_pre", ln_post="visual.ln_post",
+                 vision_projection="visual.proj", vision_blocks="visual.transformer.resblocks.",
+                 tokens="token_embedding.weight", text_positions="positional_embedding", ln_final="ln_final",
+                 text_projection="text_projection", text_blocks="transformer.resblocks."),
+    HUGGING_FACE: dict(patches="vision_model.embeddings.patch_embedding.weight",
+                       class_token="vision_model.embeddings.class_embedding",
+                       vision_positions="vision_model.embeddings.position_embedding.weight",
+                       ln_pre="vision_model.pre_layrnorm", ln_post="vision_model.post_layernorm",
+                       vision_projection="visual_projection.weight", vision_blocks="vision_model.encoder.layers.",
+                       tokens="text_model.embeddings.token_embedding.weight",
+                       text_positions="text_model.embeddings.position_embedding.weight",
+                       ln_final="text_model.final_layer_norm", text_projection="text_projection.weight",
+                       text_blocks="text_model.encoder.layers."),
+}
+
+
+def _tower(layout: str, theirs: str, ours: Path, depth: int, width: int, heads: int) -> dict[str, Placement]:
+    """Where each key of one transformer goes (torch Linear weights are [out, in]; ours are
+    [in, out], with attention split into heads)."""
     head_dim = width // heads
 
-    def qkv_kernel(i: int) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda w: w[i * width:(i + 1) * width].T.reshape(width, heads, head_dim)
+    def heads_in(w: np.ndarray) -> np.ndarray:
+        return w.T.reshape(width, heads, head_dim)
 
-    def qkv_bias(i: int) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda b: b[i * width:(i + 1) * width].reshape(heads, head_dim)
+    def heads_bias(b: np.ndarray) -> np.ndarray:
+        return b.reshape(heads, head_dim)
 
-    def out_kernel(w: np.ndarray) -> np.ndarray:
+    def heads_out(w: np.ndarray) -> np.ndarray:
         return w.T.reshape(heads, head_dim, width)
 
+    def part(i: int, transform: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda x: transform(x[i * width:(i + 1) * width])
+
+    names, qkv = _BLOCK_NAMES[layout], ("query", "key", "value")
     table: dict[str, Placement] = {}
     for b in range(depth):
-        t, o = f"{torch_prefix}transformer.resblocks.{b}.", (*ours, "transformer", f"block_{b}")
-        names = ("query", "key", "value")
+        t, o = f"{theirs}{b}.", (*ours, "transformer", f"block_{b}")
+        if layout == OPENAI:
+            for kind, transform in (("weight", heads_in), ("bias", heads_bias)):
+                table[f"{t}attn.in_proj_{kind}"] = [((*o, "attn", n, "kernel" if kind == "weight" else "bias"),
+                                                     part(i, transform)) for i, n in enumerate(qkv)]
+        else:
+            for n in qkv:
+                table.update(_linear(t + names[n], (*o, "attn", n), heads_in, heads_bias))
         table.update({
-            t + "ln_1.weight": [((*o, "ln_attn", "scale"), _same)],
-            t + "ln_1.bias": [((*o, "ln_attn", "bias"), _same)],
-            t + "attn.in_proj_weight": [((*o, "attn", n, "kernel"), qkv_kernel(i)) for i, n in enumerate(names)],
-            t + "attn.in_proj_bias": [((*o, "attn", n, "bias"), qkv_bias(i)) for i, n in enumerate(names)],
-            t + "attn.out_proj.weight": [((*o, "attn", "out", "kernel"), out_kernel)],
-            t + "attn.out_proj.bias": [((*o, "attn", "out", "bias"), _same)],
-            t + "ln_2.weight": [((*o, "ln_mlp", "scale"), _same)],
-            t + "ln_2.bias": [((*o, "ln_mlp", "bias"), _same)],
-            t + "mlp.c_fc.weight": [((*o, "mlp", "fc_in", "kernel"), _transposed)],
-            t + "mlp.c_fc.bias": [((*o, "mlp", "fc_in", "bias"), _same)],
-            t + "mlp.c_proj.weight": [((*o, "mlp", "fc_out", "kernel"), _transposed)],
-            t + "mlp.c_proj.bias": [((*o, "mlp", "fc_out", "bias"), _same)],
+            **_linear(t + names["out"], (*o, "attn", "out"), heads_out),
+            **_layer_norm(t + names["ln_attn"], (*o, "ln_attn")),
+            **_layer_norm(t + names["ln_mlp"], (*o, "ln_mlp")),
+            **_linear(t + names["fc_in"], (*o, "mlp", "fc_in")),
+            **_linear(t + names["fc_out"], (*o, "mlp", "fc_out")),
         })
     return table
 
 
-def _layer_norm(torch_name: str, ours: Path) -> dict[str, Placement]:
-    return {f"{torch_name}.weight": [((*ours, "scale"), _same)], f"{torch_name}.bias": [((*ours, "bias"), _same)]}
-
-
-def key_table(model_cfg: Any) -> dict[str, Placement]:
-    """Every key of an OpenAI-layout CLIP state dict of this model config, and where it goes in
-    our parameters (`models/clip.py`)."""
-    v, t = model_cfg.vision, model_cfg.text
+def key_table(model_cfg: Any, layout: str) -> dict[str, Placement]:
+    """Every key of a CLIP state dict of this model config in `layout`, and where it goes in our
+    parameters (`models/clip.py`)."""
+    v, t, n = model_cfg.vision, model_cfg.text, _NAMES[layout]
     p = v.patch_size
-    table: dict[str, Placement] = {
-        # conv1 [width, 3, p, p] -> our patch kernel over (row, column, channel)-flattened patches
-        "visual.conv1.weight": [(("vision", "patch_embedding", "kernel"),
-                                 lambda w: w.transpose(2, 3, 1, 0).reshape(p * p * w.shape[1], w.shape[0]))],
-        "visual.class_embedding": [(("vision", "class_token"), _same)],
-        "visual.positional_embedding": [(("vision", "position_embedding"), _same)],
-        "visual.proj": [(("vision", "projection", "kernel"), _same)],
-        "token_embedding.weight": [(("text", "token_embedding", "embedding"), _same)],
-        "positional_embedding": [(("text", "position_embedding"), _same)],
-        "text_projection": [(("text", "projection", "kernel"), _same)],
+    # OpenAI keeps its projections as [width, embed] matrices; Hugging Face as [embed, width] Linears.
+    projection = _same if layout == OPENAI else _transposed
+    return {
+        # conv [width, 3, p, p] -> our patch kernel over (row, column, channel)-flattened patches
+        n["patches"]: [(("vision", "patch_embedding", "kernel"),
+                        lambda w: w.transpose(2, 3, 1, 0).reshape(p * p * w.shape[1], w.shape[0]))],
+        n["class_token"]: [(("vision", "class_token"), _same)],
+        n["vision_positions"]: [(("vision", "position_embedding"), _same)],
+        n["vision_projection"]: [(("vision", "projection", "kernel"), projection)],
+        n["tokens"]: [(("text", "token_embedding", "embedding"), _same)],
+        n["text_positions"]: [(("text", "position_embedding"), _same)],
+        n["text_projection"]: [(("text", "projection", "kernel"), projection)],
         "logit_scale": [(("log_logit_scale",), lambda x: x.reshape(()))],
-        **_layer_norm("visual.ln_pre", ("vision", "ln_pre")),
-        **_layer_norm("visual.ln_post", ("vision", "ln_post")),
-        **_layer_norm("ln_final", ("text", "ln_final")),
-        **_tower("visual.", ("vision",), v.depth, v.width, v.num_heads),
-        **_tower("", ("text",), t.depth, t.width, t.num_heads),
+        **_layer_norm(n["ln_pre"], ("vision", "ln_pre")),
+        **_layer_norm(n["ln_post"], ("vision", "ln_post")),
+        **_layer_norm(n["ln_final"], ("text", "ln_final")),
+        **_tower(layout, n["vision_blocks"], ("vision",), v.depth, v.width, v.num_heads),
+        **_tower(layout, n["text_blocks"], ("text",), t.depth, t.width, t.num_heads),
     }
-    return table
+
+
+def key_layout(keys: list[str]) -> str:
+    """OPENAI (OpenAI's and OpenCLIP's `CLIP` modules) or HUGGING_FACE (`transformers`' CLIPModel)."""
+    return HUGGING_FACE if any(k.startswith(("vision_model.", "text_model.")) for k in keys) else OPENAI
 
 
 def expected_shapes(model_cfg: Any) -> dict[Path, tuple[int, ...]]:
@@ -181,17 +226,18 @@ def convert(tensors: dict[str, np.ndarray], arch: dict[str, Any], arch_name: str
     from dalle2_jax.models import clip_archs
 
     model_cfg = clip_archs.model_config(arch)
-    table, shapes = key_table(model_cfg), expected_shapes(model_cfg)
-    unplaced = [k for k in tensors if k not in table and k not in OPENAI_SIZES]
+    layout = key_layout(list(tensors))
+    table, shapes = key_table(model_cfg, layout), expected_shapes(model_cfg)
+    unplaced = [k for k in tensors if k not in table and k not in OPENAI_SIZES and k not in IGNORED]
     missing = [k for k in table if k not in tensors]
     if unplaced:
         raise ConversionError(
             f"checkpoint key {unplaced[0]!r} has no place in --arch={arch_name} ({len(unplaced)} such keys; "
             f"{len(missing)} expected keys missing{': ' + ', '.join(missing[:3]) if missing else ''}); "
-            "is it a CLIP of this arch in OpenAI / OpenCLIP's layout?")
+            f"read as a CLIP in {layout}'s key layout")
     if missing:
-        raise ConversionError(f"checkpoint lacks {len(missing)} keys of --arch={arch_name}, the first "
-                              f"{missing[0]!r}")
+        raise ConversionError(f"checkpoint lacks {len(missing)} keys of --arch={arch_name} in {layout}'s key "
+                              f"layout, the first {missing[0]!r}")
     for key, (section, field) in OPENAI_SIZES.items():
         if key in tensors and int(tensors[key]) != arch[section][field]:
             raise ConversionError(f"checkpoint entry {key}={int(tensors[key])} does not match --arch={arch_name} "

@@ -24,7 +24,8 @@ from tests.tiny import ROOT, load_config
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "clip")
 MERGES = os.path.join(FIXTURES, "bpe_simple_vocab_16e6.txt.gz")
-FIXTURE_MODELS = ("vit_b32_openai", "vit_l14_openclip")  # OpenAI layout / quick GELU / float16; OpenCLIP / GELU
+# OpenAI's layout, quick GELU, float16; OpenCLIP's, GELU, float32; Hugging Face's, quick GELU, bfloat16
+FIXTURE_MODELS = ("vit_b32_openai", "vit_l14_openclip", "vit_b16_hf")
 
 
 def fixture(name: str, suffix: str) -> str:
@@ -98,6 +99,15 @@ def test_refusals_name_the_key():
         convert_clip.convert(tensors, arch, "b32")
 
 
+def test_hugging_face_files_may_hold_position_ids():
+    arch = clip_archs.load_arch(fixture("vit_b16_hf", ".json"))
+    tensors = _state("vit_b16_hf")
+    tensors["text_model.embeddings.position_ids"] = np.arange(77)[None]
+    params = convert_clip.convert(tensors, arch, "b16")
+    np.testing.assert_array_equal(params["text"]["position_embedding"],
+                                  tensors["text_model.embeddings.position_embedding.weight"])
+
+
 def test_arch_presets_and_unsupported_layouts(tmp_path):
     assert clip_archs.load_arch("ViT-L-14")["quick_gelu"] is False
     assert clip_archs.load_arch("ViT-L-14-quickgelu")["quick_gelu"] is True
@@ -157,7 +167,7 @@ def test_command_line_refusals_are_one_line(converted_dir, tmp_path):
     cases = [
         ([f"--checkpoint={tmp_path}/none.safetensors", *b32, f"--out={tmp_path}/a"], "none.safetensors: no such file"),
         ([f"--checkpoint={fixture('vit_b32_openai', '.safetensors')}", "--arch=ViT-L-14", f"--bpe_path={MERGES}",
-          f"--out={tmp_path}/b"], "checkpoint lacks 384 keys of --arch=ViT-L-14, the first"),
+          f"--out={tmp_path}/b"], "checkpoint lacks 384 keys of --arch=ViT-L-14 in OpenAI/OpenCLIP's key layout"),
         ([f"--checkpoint={fixture('vit_l14_openclip', '.safetensors')}",
           f"--arch={fixture('vit_l14_openclip', '.json')}", f"--out={tmp_path}/c"], "text_cfg.vocab_size=1000"),
         ([f"--checkpoint={fixture('vit_b32_openai', '.safetensors')}", *b32, f"--out={converted_dir}"],
