@@ -64,7 +64,10 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
             "(e.g. the Hugging Face hub's timm/vit_large_patch14_clip_224.openai open_clip_model.safetensors)"
         ) from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
-    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+    if not isinstance(state, dict):
+        raise ConversionError(f"--checkpoint={path}: holds a {type(state).__name__}, not a state dict")
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def read_checkpoint(path: str) -> dict[str, np.ndarray]:
