@@ -62,6 +62,8 @@ def test_missing_merges_file_is_one_line_naming_the_field(tmp_path, monkeypatch)
         f.write("#version: 0.2\nt h\nth e\n")
     with pytest.raises(ValueError, match="other.txt.gz is not CLIP's merges file"):
         clip_bpe.ClipBpeTokenizer(77, str(tmp_path / "other.txt.gz"))
+    with pytest.raises(ValueError, match=r"tokenizer.bpe_path: .*captions.json is not CLIP's merges file"):
+        clip_bpe.ClipBpeTokenizer(77, os.path.join(FIXTURES, "captions.json"))
 
 
 def test_merges_file_is_found_in_an_installed_open_clip_package_without_importing_it(tmp_path, monkeypatch):

@@ -75,7 +75,7 @@ def find_merges_file(bpe_path: str) -> str:
 class ClipBpeTokenizer:
     """CLIP's tokenizer behind the `Tokenizer` interface (rows `[49406, ids..., 49407, 0...]`).
 
-    Ids equal OpenCLIP's `open_clip.tokenize` (tested on a 1,000-caption corpus); an over-long
+    Ids equal OpenCLIP's `open_clip.tokenize` (tested on a 1,250-caption corpus); an over-long
     caption keeps its first `context_length - 2` tokens, as OpenCLIP's truncation does.
     """
 
@@ -86,16 +86,19 @@ class ClipBpeTokenizer:
         if context_length < 2:
             raise ValueError(f"context_length must be >= 2 (SOT and EOT), got {context_length}")
         self.context_length = context_length
-        with gzip.open(find_merges_file(bpe_path), "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")[1 : NUM_MERGES + 1]  # the first line is a version header
+        path = find_merges_file(bpe_path)
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                lines = f.read().split("\n")[1 : NUM_MERGES + 1]  # the first line is a version header
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"tokenizer.bpe_path: {path} is not CLIP's merges file ({e})") from None
         merges = [tuple(line.split()) for line in lines]
         if len(merges) != NUM_MERGES or any(len(m) != 2 for m in merges):
-            raise ValueError(f"tokenizer.bpe_path: {bpe_path or MERGES_FILE} is not CLIP's merges file")
+            raise ValueError(f"tokenizer.bpe_path: {path} is not CLIP's merges file")
         self._bytes = _byte_alphabet()
         self._unbytes = {c: b for b, c in self._bytes.items()}
         alphabet = list(self._bytes.values())
         vocab = [*alphabet, *(c + _END_OF_WORD for c in alphabet), *("".join(m) for m in merges), *SPECIALS]
-        assert len(vocab) == self.vocab_size, len(vocab)
         self._ids = {piece: i for i, piece in enumerate(vocab)}
         self._pieces = vocab
         self._rank = {m: i for i, m in enumerate(merges)}

@@ -5,6 +5,12 @@ its image embedding, and the decoder inverts the image embedding. This file has 
 of CLIP sec 2.4 (a Vision Transformer and a causal text Transformer, each ending in a linear
 projection to the shared embedding space) and the learned temperature of sec 2.5. The
 contrastive loss lives in the CLIP stage, not here.
+
+The same module computes OpenAI's and OpenCLIP's ViT CLIPs, whose weights
+`python -m dalle2_jax.convert_clip` imports (agreement with OpenCLIP to ~1e-6 is tested): a
+LayerNorm before the vision transformer, class-token pooling, bias-free projections, a final
+LayerNorm, causal text attention pooled at the end-of-text token, a logit scale capped at 100,
+and quick GELU (`activation="quick_gelu"`) for OpenAI's weights.
 """
 
 import math

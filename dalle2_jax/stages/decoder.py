@@ -75,7 +75,7 @@ def stage_sections() -> dict[str, ml_collections.ConfigDict]:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Decoder-specific checks; raises ConfigError naming the field."""
-    clip_dir(config)  # names exactly one CLIP
+    clip_dir(config)  # names a CLIP (clip.pretrained or clip.workdir)
     if config.model.image_size != config.data.resolution:
         raise ConfigError(f"model.image_size={config.model.image_size} must equal data.resolution="
                           f"{config.data.resolution} (the decoder generates the dataset's images)")

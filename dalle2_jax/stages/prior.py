@@ -94,7 +94,7 @@ def sampling_config() -> ml_collections.ConfigDict:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Prior-specific checks; raises ConfigError naming the field."""
-    clip_dir(config)  # names exactly one CLIP
+    clip_dir(config)  # names a CLIP (clip.pretrained or clip.workdir)
     image_diffusion.check_process(config.diffusion)
     image_diffusion.check_sampling(config.sampling, config.diffusion.num_timesteps, "sampling")
     if config.sampling.num_candidates < 1:
