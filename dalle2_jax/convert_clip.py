@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -260,9 +259,10 @@ def convert(tensors: dict[str, np.ndarray], arch: dict[str, Any], arch_name: str
     return traverse_util.unflatten_dict(params)
 
 
-def pretrained_config(arch: dict[str, Any]) -> Any:
+def pretrained_config(arch: dict[str, Any], dtype: str = "float32") -> Any:
     """The CLIP config (`config.json`) of a converted checkpoint: the arch's model section, CLIP's
-    BPE tokenizer and image size; `train.num_steps = 0` (the checkpoint is step 0)."""
+    BPE tokenizer, image size and the compute dtype the frozen CLIP runs in; `train.num_steps = 0`
+    (the checkpoint is step 0)."""
     from dalle2_jax import config_schema
     from dalle2_jax.models import clip_archs
 
@@ -276,32 +276,36 @@ def pretrained_config(arch: dict[str, Any]) -> Any:
     config.tokenizer.kind = "clip_bpe"
     config.tokenizer.context_length = arch["text_cfg"]["context_length"]
     config.train.num_steps = 0
+    config.dtype = dtype
     return config
 
 
-def write_pretrained(out: str, params: dict[str, Any], arch: dict[str, Any], merges_file: str,
+def write_pretrained(out: str, params: dict[str, Any], config: Any, merges_file: str,
                      source: dict[str, Any]) -> None:
-    """Writes `out` in the layout of a finished CLIP run (see the module docstring)."""
+    """Writes `out` (a local path or any etils.epath one, e.g. gs://) in the layout of a finished
+    CLIP run (see the module docstring)."""
     import orbax.checkpoint as ocp
+    from etils import epath
 
     from dalle2_jax.data.clip_bpe import MERGES_FILE
     from dalle2_jax.stages.frozen_clip import PRETRAINED_MARKER
 
-    os.makedirs(out, exist_ok=True)
-    with ocp.CheckpointManager(os.path.abspath(os.path.join(out, "checkpoints")),
+    path = epath.Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    with ocp.CheckpointManager(path.absolute() / "checkpoints",
                                item_handlers={"state": ocp.StandardCheckpointHandler()}) as manager:
         manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
         manager.wait_until_finished()
-    shutil.copyfile(merges_file, os.path.join(out, MERGES_FILE))
-    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
-        f.write(pretrained_config(arch).to_json(sort_keys=True, indent=2))
-    with open(os.path.join(out, PRETRAINED_MARKER), "w", encoding="utf-8") as f:
-        json.dump({**source, "arch": arch}, f, indent=2)
+    (path / MERGES_FILE).write_bytes(epath.Path(merges_file).read_bytes())
+    (path / "config.json").write_text(config.to_json(sort_keys=True, indent=2))
+    (path / PRETRAINED_MARKER).write_text(json.dumps(source, indent=2))
 
 
-def convert_checkpoint(checkpoint: str, arch_name: str, out: str, bpe_path: str = "", overwrite: bool = False) -> str:
+def convert_checkpoint(checkpoint: str, arch_name: str, out: str, bpe_path: str = "", overwrite: bool = False,
+                       dtype: str = "float32") -> str:
     """Reads, checks, converts and writes; returns a one-line summary. Every check (arch, merges
     file, output directory, keys and shapes) runs before anything is written."""
+    from etils import epath
     from flax import traverse_util
 
     from dalle2_jax.data.clip_bpe import ClipBpeTokenizer, find_merges_file
@@ -313,17 +317,19 @@ def convert_checkpoint(checkpoint: str, arch_name: str, out: str, bpe_path: str 
         raise ConversionError(f"--arch={arch_name}: text_cfg.vocab_size={arch['text_cfg']['vocab_size']}, but "
                               f"only CLIP's BPE vocabulary ({ClipBpeTokenizer.vocab_size}) has a tokenizer here")
     merges_file = find_merges_file(bpe_path)
-    if os.path.exists(out) and os.listdir(out):
+    target = epath.Path(out)
+    if target.exists() and any(target.iterdir()):
         if not overwrite:
             raise ConversionError(f"--out={out} exists and is not empty (pass --overwrite to replace it)")
-        if not os.path.isfile(os.path.join(out, PRETRAINED_MARKER)):
+        if not (target / PRETRAINED_MARKER).exists():
             raise ConversionError(f"--out={out} is not a converted CLIP (no {PRETRAINED_MARKER}): not replacing it")
     params = convert(read_checkpoint(checkpoint), arch, arch_name)
-    if os.path.exists(out):
-        shutil.rmtree(out)
+    if target.exists():
+        target.rmtree()
     activation = "quick_gelu" if arch.get("quick_gelu") else "gelu"
-    write_pretrained(out, params, arch, merges_file,
-                     {"checkpoint": os.path.abspath(checkpoint), "arch_name": arch_name, "activation": activation})
+    write_pretrained(out, params, pretrained_config(arch, dtype), merges_file,
+                     {"checkpoint": os.path.abspath(checkpoint), "arch_name": arch_name, "arch": arch,
+                      "activation": activation})
     count = sum(v.size for v in traverse_util.flatten_dict(params).values())
     return (f"wrote {out}: {arch_name} ({activation}), {count:,} parameters; "
             f"train a prior on it with --config.clip.pretrained={out}")
@@ -339,7 +345,7 @@ def main(argv: list[str]) -> None:
     if not f.checkpoint or not f.arch or not f.out:
         sys.exit("error: --checkpoint, --arch and --out are required")
     try:
-        print(convert_checkpoint(f.checkpoint, f.arch, f.out, f.bpe_path, f.overwrite))
+        print(convert_checkpoint(f.checkpoint, f.arch, f.out, f.bpe_path, f.overwrite, f.dtype))
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 
@@ -354,6 +360,8 @@ def run() -> None:
     flags.DEFINE_string("out", None, "Output directory (the value of clip.pretrained).")
     flags.DEFINE_string("bpe_path", "", "CLIP's bpe_simple_vocab_16e6.txt.gz ('' = from open_clip_torch).")
     flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
+                      "Compute dtype of the frozen CLIP (parameters stay float32): bfloat16 on TPU/GPU.")
     app.run(main)
 
 

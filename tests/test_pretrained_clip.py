@@ -144,7 +144,8 @@ def converted_dir(tmp_path_factory):
     """The OpenAI-layout fixture converted by the command line."""
     out = tmp_path_factory.mktemp("pretrained") / "vit_b32"
     result = run_convert(f"--checkpoint={fixture('vit_b32_openai', '.safetensors')}",
-                         f"--arch={fixture('vit_b32_openai', '.json')}", f"--out={out}", f"--bpe_path={MERGES}")
+                         f"--arch={fixture('vit_b32_openai', '.json')}", f"--out={out}", f"--bpe_path={MERGES}",
+                         "--dtype=float32")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "quick_gelu" in result.stdout and f"--config.clip.pretrained={out}" in result.stdout
     return str(out)
@@ -182,17 +183,18 @@ def test_command_line_refusals_are_one_line(converted_dir, tmp_path):
     assert not os.path.exists(f"{tmp_path}/b")
 
 
-def test_a_prior_config_builds_on_the_converted_clip(converted_dir):
+@pytest.mark.parametrize("path", ["configs/shapes/prior.py", "configs/shapes/decoder.py"])
+def test_prior_and_decoder_configs_build_on_the_converted_clip(converted_dir, path):
     from dalle2_jax.stages import make_stage
 
-    config = load_config("configs/shapes/prior.py")
+    config = load_config(path)
     config.clip.pretrained = converted_dir  # used instead of the config's clip.workdir
     config_schema.validate(config, num_devices=1, num_processes=1)
     stage = make_stage(config)
-    assert stage.embeddings_dir == f"{converted_dir}/embeddings"
-    assert (stage.clip.embed_dim, stage.clip.text_width, stage.clip.context_length) == (32, 16, 77)
-    params = jax.eval_shape(stage.init_params, jax.random.key(0))
-    assert jax.tree.leaves(params)
+    assert (stage.clip.embed_dim, stage.clip.context_length, stage.clip.tokenizer.vocab_size) == (32, 77, 49408)
+    if config.stage == "prior":
+        assert stage.embeddings_dir == f"{converted_dir}/embeddings"
+    assert jax.tree.leaves(jax.eval_shape(stage.init_params, jax.random.key(0)))
     config.clip.pretrained = os.path.dirname(converted_dir)
     with pytest.raises(ConfigError, match=r"^clip.pretrained='.*': not a converted CLIP \(no pretrained.json\)"):
         config_schema.validate(config, num_devices=1, num_processes=1)

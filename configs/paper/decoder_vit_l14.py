@@ -5,7 +5,7 @@ caption encoder reads CLIP's BPE tokens, 49,408 ids, context 77). Only the CLIP 
 decoder_3p5b.py.
 
     python -m dalle2_jax.convert_clip --checkpoint=open_clip_model.safetensors \
-        --arch=ViT-L-14-quickgelu --out=gs://BUCKET/clip_vit_l14
+        --arch=ViT-L-14-quickgelu --dtype=bfloat16 --out=gs://BUCKET/clip_vit_l14
     python -m dalle2_jax.train --config=configs/paper/decoder_vit_l14.py --workdir=gs://BUCKET/decoder_l14 \
         --config.clip.pretrained=gs://BUCKET/clip_vit_l14 --config.data.name=YOUR_TFDS_DATASET
 

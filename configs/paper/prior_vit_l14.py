@@ -4,7 +4,7 @@
 context 77, CLIP's BPE tokenizer). Only the CLIP and the embedding scale differ from prior_1b.py.
 
     python -m dalle2_jax.convert_clip --checkpoint=open_clip_model.safetensors \
-        --arch=ViT-L-14-quickgelu --out=gs://BUCKET/clip_vit_l14
+        --arch=ViT-L-14-quickgelu --dtype=bfloat16 --out=gs://BUCKET/clip_vit_l14
     python -m dalle2_jax.train --config=configs/paper/prior_vit_l14.py --workdir=gs://BUCKET/prior_l14 \
         --config.clip.pretrained=gs://BUCKET/clip_vit_l14 --config.data.name=YOUR_TFDS_DATASET
 

@@ -10,8 +10,8 @@ end token). Text is cleaned as CLIP does before splitting: ftfy's `fix_text`, HT
 unescaped twice, runs of whitespace collapsed, lower-cased.
 
 The merges come from `bpe_simple_vocab_16e6.txt.gz`, the file CLIP and OpenCLIP ship: named by
-`tokenizer.bpe_path`, or taken from an installed `open_clip_torch` package (`pip install
---no-deps open_clip_torch` gives the file without torch).
+`tokenizer.bpe_path` (a local or etils.epath path, e.g. gs://), or taken from an installed
+`open_clip_torch` package (`pip install --no-deps open_clip_torch` gives the file without torch).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import ftfy
 import numpy as np
 import regex
+from etils import epath
 
 MERGES_FILE = "bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 49152 - 256 - 2  # CLIP's BPE vocabulary (49,152) less the byte alphabet and specials
@@ -60,7 +61,7 @@ def find_merges_file(bpe_path: str) -> str:
     Raises FileNotFoundError (one line naming `tokenizer.bpe_path`) when there is none.
     """
     if bpe_path:
-        if not os.path.isfile(bpe_path):
+        if not epath.Path(bpe_path).exists():
             raise FileNotFoundError(f"tokenizer.bpe_path={bpe_path!r}: no such file (CLIP's {MERGES_FILE})")
         return bpe_path
     spec = importlib.util.find_spec("open_clip")  # finds the package without importing it (or torch)
@@ -88,8 +89,8 @@ class ClipBpeTokenizer:
         self.context_length = context_length
         path = find_merges_file(bpe_path)
         try:
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                lines = f.read().split("\n")[1 : NUM_MERGES + 1]  # the first line is a version header
+            text = gzip.decompress(epath.Path(path).read_bytes()).decode("utf-8")
+            lines = text.split("\n")[1 : NUM_MERGES + 1]  # the first line is a version header
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"tokenizer.bpe_path: {path} is not CLIP's merges file ({e})") from None
         merges = [tuple(line.split()) for line in lines]

@@ -4,7 +4,6 @@ project (`clip.workdir`) or a pretrained OpenAI / OpenCLIP model converted by
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,9 +55,9 @@ class FrozenClip:
     def __init__(self, workdir: str, field: str = "clip.workdir"):
         self.config, self.params = load_finished_run(workdir, field, "clip")
         tokenizer_cfg = ml_collections.ConfigDict(self.config.tokenizer.to_dict())
-        kept_merges = os.path.join(workdir, MERGES_FILE)
-        if tokenizer_cfg.kind == "clip_bpe" and not tokenizer_cfg.get("bpe_path") and os.path.isfile(kept_merges):
-            tokenizer_cfg.bpe_path = kept_merges
+        kept_merges = epath.Path(workdir) / MERGES_FILE
+        if tokenizer_cfg.kind == "clip_bpe" and not tokenizer_cfg.get("bpe_path") and kept_merges.exists():
+            tokenizer_cfg.bpe_path = str(kept_merges)
         try:
             self.tokenizer = make_tokenizer(tokenizer_cfg)
         except (OSError, ValueError) as e:
