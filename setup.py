@@ -29,6 +29,11 @@ setup(
         "pillow>=11.0",
         "numpy>=2.0",
         "absl-py>=2.1",
+        # CLIP's BPE tokenizer (clean-up and pre-tokenization exactly as CLIP's) and the
+        # pretrained-CLIP converter's checkpoint reader.
+        "ftfy>=6.3.1",
+        "regex>=2026.11.19",
+        "safetensors>=0.8.0",
     ],
     extras_require={"test": ["pytest>=8.0", "ruff>=0.15"]},
     classifiers=[

@@ -7,6 +7,9 @@ once instead of being silently added.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import jax
 import ml_collections
 
@@ -56,9 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 4  # grain prefetch buffer (elements)
 
     c.tokenizer = ml_collections.ConfigDict()
-    c.tokenizer.kind = "bytes"  # 'bytes': UTF-8 bytes; 'words': hashed lower-cased words
+    c.tokenizer.kind = "bytes"  # 'bytes': UTF-8 bytes; 'words': hashed lower-cased words; 'clip_bpe': CLIP's BPE
     c.tokenizer.context_length = 64  # tokens per caption, start and end included
     c.tokenizer.vocab_size = 8192  # 'words' only: ids words are hashed into (bytes: fixed 259)
+    c.tokenizer.bpe_path = ""  # 'clip_bpe' only: CLIP's merges file ('' = from an installed open_clip_torch)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3  # peak learning rate
@@ -103,6 +107,14 @@ def for_stage(stage: str) -> ml_collections.ConfigDict:
         c[name] = section
     c.lock()
     return c
+
+
+def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file (so one config can start from another)."""
+    spec = importlib.util.spec_from_file_location(f"config_{os.path.basename(path).removesuffix('.py')}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def _positive(config: ml_collections.ConfigDict, *fields: str) -> None:

@@ -37,6 +37,12 @@ RESUMABLE_CHANGES = (
 )
 
 
+# Fields added to the schema after runs were made, with the value that reproduces those runs: a
+# saved config.json without one of them, at that value now, describes the same experiment.
+ADDED_FIELDS = {"tokenizer.bpe_path": "", "model.activation": "gelu", "model.vision.image_mean": [],
+                "model.vision.image_std": [], "clip.pretrained": ""}
+
+
 class UsageError(ValueError):
     """Bad command-line input, reported as one line."""
 
@@ -54,7 +60,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def check_workdir_config(saved_json: str, config_json: str) -> list[str]:
     """Fields whose change is allowed on resume; raises UsageError naming a field that is not."""
     saved, current = _flatten(json.loads(saved_json)), _flatten(json.loads(config_json))
-    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k)
+                     and not (k not in saved and k in ADDED_FIELDS and current[k] == ADDED_FIELDS[k]))
     for field in changed:
         if not any(field == allowed or (allowed.endswith(".") and field.startswith(allowed))
                    for allowed in RESUMABLE_CHANGES):

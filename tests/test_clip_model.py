@@ -249,3 +249,43 @@ def test_count_params_of_the_paper_vit_h16_config():
     count = count_params(cfg)
     print(f"CLIP ViT-H/16 parameters: {count:,}")
     assert count == expected == 986_339_841
+
+
+# The parameter tree of `tiny_config(**{"vision.depth": 1, "text.depth": 1})`, as it was before
+# pretrained-CLIP import grew the module: trained checkpoints depend on these names and shapes.
+DEFAULT_PARAM_TREE = {
+    "log_logit_scale": (),
+    "text/ln_final/bias": (16,), "text/ln_final/scale": (16,), "text/position_embedding": (8, 16),
+    "text/projection/kernel": (16, 8), "text/token_embedding/embedding": (259, 16),
+    "vision/class_token": (16,), "vision/ln_post/bias": (16,), "vision/ln_post/scale": (16,),
+    "vision/ln_pre/bias": (16,), "vision/ln_pre/scale": (16,), "vision/patch_embedding/kernel": (48, 16),
+    "vision/position_embedding": (5, 16), "vision/projection/kernel": (16, 8),
+    **{f"{tower}/transformer/block_0/{name}": shape for tower in ("text", "vision") for name, shape in {
+        "attn/key/bias": (2, 8), "attn/key/kernel": (16, 2, 8), "attn/out/bias": (16,),
+        "attn/out/kernel": (2, 8, 16), "attn/query/bias": (2, 8), "attn/query/kernel": (16, 2, 8),
+        "attn/value/bias": (2, 8), "attn/value/kernel": (16, 2, 8), "ln_attn/bias": (16,),
+        "ln_attn/scale": (16,), "ln_mlp/bias": (16,), "ln_mlp/scale": (16,), "mlp/fc_in/bias": (32,),
+        "mlp/fc_in/kernel": (16, 32), "mlp/fc_out/bias": (16,), "mlp/fc_out/kernel": (32, 16)}.items()},
+}
+
+
+def test_default_model_keeps_its_parameter_tree_and_numbers(model_and_params):
+    """Default configs (our own CLIPs) are unchanged by the options imported CLIPs use: the same
+    parameter names and shapes, and the same embeddings from the same seed as before."""
+    from flax import traverse_util
+
+    model = CLIP.from_config(tiny_config(**{"vision.depth": 1, "text.depth": 1}))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), *make_inputs())["params"]
+    flat = traverse_util.flatten_dict(shapes, sep="/")
+    assert {path: box.value.shape for path, box in flat.items()} == DEFAULT_PARAM_TREE
+
+    model, variables = model_and_params  # depth 2, seed 0: values recorded before the change
+    out = apply(model, variables, *make_inputs())
+    np.testing.assert_allclose(out["image_embed"][:, :4], [[0.08981854, 0.69719464, -0.13001402, -0.22299021],
+                                                           [0.07721512, 0.6271919, -0.30497897, -0.12567644]],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["text_embed"][:, :4], [[0.07230026, -0.748328, 0.3000181, -0.02611116],
+                                                          [-0.04934102, -0.62132865, 0.39952892, -0.02468991]],
+                               rtol=1e-5, atol=1e-6)
+    mask = apply(model, variables, make_inputs()[1], method=CLIP.encode_text)[2]
+    np.testing.assert_array_equal(mask, make_inputs()[1] != 0)

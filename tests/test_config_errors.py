@@ -91,5 +91,10 @@ def test_resume_refuses_a_different_experiment():
         check_workdir_config(saved, '{"model": {"width": 16}, "train": {"num_steps": 10}}')
     # How samples are drawn may change (a finished run is re-evaluated with other settings).
     sampled = '{"model": {"width": 8}, "train": {"num_steps": 10}, "sampling": {"guidance_scale": 3.0}}'
+    # A field added to the schema since the run started, at the value that reproduces the run.
+    assert check_workdir_config(saved, '{"model": {"width": 8}, "train": {"num_steps": 10}, '
+                                       '"clip": {"pretrained": ""}}') == []
+    with pytest.raises(UsageError, match=r"config.clip.pretrained='d' differs from None"):
+        check_workdir_config(saved, '{"model": {"width": 8}, "train": {"num_steps": 10}, "clip": {"pretrained": "d"}}')
     assert check_workdir_config(saved[:-1] + ', "sampling": {"guidance_scale": 1.0}}', sampled) == [
         "sampling.guidance_scale"]

@@ -1,4 +1,5 @@
-"""Text tokenizers: one interface, and a UTF-8 byte tokenizer that needs no vocabulary file.
+"""Text tokenizers: one interface, a UTF-8 byte tokenizer and a hashed-word one that need no
+vocabulary file (CLIP's own BPE, for imported CLIPs, is in `clip_bpe.py`).
 
 Every tokenizer lays a caption out as a fixed-length row `[SOT, tokens..., EOT, PAD...]`, the
 layout CLIP's text tower expects (Radford et al. 2021, sec 2.4: the text is bracketed with
@@ -158,10 +159,15 @@ class HashedWordTokenizer:
 def make_tokenizer(cfg: ml_collections.ConfigDict) -> Tokenizer:
     """The tokenizer a config's `tokenizer` section names.
 
-    `kind`: "bytes" (UTF-8 bytes) or "words" (hashed words, `vocab_size` ids); `context_length`.
+    `kind`: "bytes" (UTF-8 bytes), "words" (hashed words, `vocab_size` ids) or "clip_bpe" (CLIP's
+    BPE, merges from `bpe_path` or an installed open_clip_torch); `context_length`.
     """
     if cfg.kind == "bytes":
         return ByteTokenizer(cfg.context_length)
     if cfg.kind == "words":
         return HashedWordTokenizer(cfg.context_length, cfg.vocab_size)
-    raise ValueError(f"tokenizer.kind={cfg.kind!r} is unknown; known kinds: 'bytes', 'words'")
+    if cfg.kind == "clip_bpe":
+        from dalle2_jax.data.clip_bpe import ClipBpeTokenizer
+
+        return ClipBpeTokenizer(cfg.context_length, cfg.get("bpe_path", ""))
+    raise ValueError(f"tokenizer.kind={cfg.kind!r} is unknown; known kinds: 'bytes', 'words', 'clip_bpe'")

@@ -5,6 +5,12 @@ its image embedding, and the decoder inverts the image embedding. This file has 
 of CLIP sec 2.4 (a Vision Transformer and a causal text Transformer, each ending in a linear
 projection to the shared embedding space) and the learned temperature of sec 2.5. The
 contrastive loss lives in the CLIP stage, not here.
+
+The same module computes OpenAI's and OpenCLIP's ViT CLIPs, whose weights
+`python -m dalle2_jax.convert_clip` imports (agreement with OpenCLIP to ~1e-6 is tested): a
+LayerNorm before the vision transformer, class-token pooling, bias-free projections, a final
+LayerNorm, causal text attention pooled at the end-of-text token, a logit scale capped at 100,
+and quick GELU (`activation="quick_gelu"`) for OpenAI's weights.
 """
 
 import math
@@ -118,8 +124,9 @@ class TextTransformer(nn.Module):
 
     The features of the end-of-text token, at its first occurrence in each row, are
     layer-normalised and projected to `embed_dim`; a row with no end-of-text token is pooled at
-    its last position. Padding follows the end-of-text token, so causal attention alone keeps it
-    out of every real token's features.
+    its last position (OpenAI's CLIP pools at the largest id, its end-of-text token: the same
+    position). Padding follows the end-of-text token, so causal attention alone keeps it out of
+    every real token's features.
     """
 
     context_length: int
@@ -143,7 +150,8 @@ class TextTransformer(nn.Module):
         Returns:
           pooled: [B, embed_dim] float32, the projected end-of-text features.
           encodings: [B, L, width] float32, every token's features after the final LayerNorm.
-          mask: [B, L] bool, True for real tokens (id != pad_id; start/end-of-text included).
+          mask: [B, L] bool, True for real tokens: those up to the first end-of-text token (start
+            and end included); in a row without one, those whose id is not pad_id.
         """
         batch, length = tokens.shape
         if length > self.context_length:
@@ -178,9 +186,12 @@ class TextTransformer(nn.Module):
         )(x)
         encodings = layer_norm("ln_final", jnp.float32)(x)
         is_eot = tokens == self.eot_token_id
-        eot_index = jnp.where(jnp.any(is_eot, axis=1), jnp.argmax(is_eot, axis=1), length - 1)
+        has_eot = jnp.any(is_eot, axis=1)
+        eot_index = jnp.where(has_eot, jnp.argmax(is_eot, axis=1), length - 1)
         pooled = encodings[jnp.arange(batch), eot_index]
-        return _projection(self.embed_dim)(pooled), encodings, tokens != self.pad_id
+        # Real tokens run up to the end token: CLIP's padding id 0 is also the id of "!".
+        mask = jnp.where(has_eot[:, None], jnp.arange(length) <= eot_index[:, None], tokens != self.pad_id)
+        return _projection(self.embed_dim)(pooled), encodings, mask
 
 
 class CLIP(nn.Module):

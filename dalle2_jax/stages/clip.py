@@ -8,7 +8,7 @@ Evaluation: zero-shot classification of each image among all captions of the sha
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -32,12 +32,15 @@ def model_config() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     m.embed_dim = 128  # shared image/text embedding size
     m.remat = False  # recompute transformer blocks in the backward pass (saves memory)
+    m.activation = "gelu"  # MLP activation: 'gelu' or 'quick_gelu' (OpenAI's CLIPs)
     m.vision = ml_collections.ConfigDict()
     m.vision.patch_size = 4  # ViT patch side; data.resolution must be a multiple
     m.vision.width = 128  # ViT width
     m.vision.depth = 4  # ViT blocks
     m.vision.num_heads = 4  # ViT attention heads
     m.vision.mlp_ratio = 4.0  # ViT MLP hidden / width
+    m.vision.image_mean = ()  # per-channel mean of [0, 1] pixels, subtracted ((): pixels mapped to [-1, 1])
+    m.vision.image_std = ()  # per-channel std of [0, 1] pixels, divided by ((): pixels mapped to [-1, 1])
     m.text = ml_collections.ConfigDict()
     m.text.width = 128  # text transformer width
     m.text.depth = 4  # text transformer blocks
@@ -49,6 +52,10 @@ def model_config() -> ml_collections.ConfigDict:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """CLIP-specific checks; raises ConfigError naming the field."""
     patch = config.model.vision.patch_size
+    vision = config.model.vision
+    if len(vision.image_mean) not in (0, 3) or len(vision.image_std) != len(vision.image_mean):
+        raise ConfigError(f"model.vision.image_mean={vision.image_mean} and image_std={vision.image_std}: "
+                          "give both, three values each, or neither")
     if config.data.resolution % patch:
         raise ConfigError(
             f"model.vision.patch_size={patch} does not divide the image size data.resolution={config.data.resolution}")
@@ -78,9 +85,12 @@ def clip_example(tokenizer: Any, example: Mapping[str, Any]) -> dict[str, np.nda
     return out
 
 
-def to_model_images(images: jax.Array) -> jax.Array:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
+def to_model_images(images: jax.Array, mean: Sequence[float] = (), std: Sequence[float] = ()) -> jax.Array:
+    """uint8 [0, 255] -> float32: [-1, 1], or `(x / 255 - mean) / std` per channel when given
+    (`model.vision.image_mean` / `image_std`: imported CLIPs use OpenAI's statistics)."""
+    if not mean:
+        return images.astype(jnp.float32) / 127.5 - 1.0
+    return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def contrastive_loss(image_embed: jax.Array, text_embed: jax.Array,
@@ -106,6 +116,10 @@ class ClipStage(Stage):
         self._sources = pipeline.open_splits(config.data, splits)
         self._eval_data: dict[str, dict[str, np.ndarray]] = {}
 
+    def _pixels(self, images: jax.Array) -> jax.Array:
+        vision = self.config.model.vision
+        return to_model_images(images, vision.image_mean, vision.image_std)
+
     # --- training ---------------------------------------------------------------------------
     def init_params(self, rng: jax.Array) -> Any:
         size = self.config.data.resolution
@@ -126,13 +140,13 @@ class ClipStage(Stage):
 
     def loss(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, frozen: Any):
         del rng, frozen  # CLIP training is deterministic given the batch and freezes nothing
-        out = self.model.apply({"params": params}, to_model_images(batch["image"]), batch["tokens"])
+        out = self.model.apply({"params": params}, self._pixels(batch["image"]), batch["tokens"])
         loss, accuracy = contrastive_loss(out["image_embed"], out["text_embed"], out["logit_scale"])
         return loss, {"batch_accuracy": accuracy, "logit_scale": out["logit_scale"]}
 
     # --- evaluation -------------------------------------------------------------------------
     def _encode_images(self, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
-        out = self.model.apply({"params": params}, to_model_images(batch["image"]), method=CLIP.encode_image)
+        out = self.model.apply({"params": params}, self._pixels(batch["image"]), method=CLIP.encode_image)
         return out / jnp.linalg.norm(out, axis=-1, keepdims=True)
 
     def _encode_texts(self, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:

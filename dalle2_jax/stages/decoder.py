@@ -8,10 +8,10 @@ learned null embedding `decoder.clip_drop_prob` of the time (paper: 10%) and the
 unconditional half.
 
 The CLIP embeddings are computed inside the train step by the frozen CLIP named by
-`clip.workdir` (its parameters are an input of the step, never trained): the decoder needs the
-embedding of exactly the image it denoises, a CLIP forward pass costs a few percent of the UNet's
-work, and nothing has to be stored or kept in sync on disk. Images are resized to CLIP's
-resolution when the two differ.
+`clip.workdir` (or a converted pretrained CLIP named by `clip.pretrained`; its parameters are an
+input of the step, never trained): the decoder needs the embedding of exactly the image it
+denoises, a CLIP forward pass costs a few percent of the UNet's work, and nothing has to be
+stored or kept in sync on disk. Images are resized to CLIP's resolution when the two differ.
 
 Evaluation decodes the true CLIP image embeddings of the first `decoder.eval_limit` examples of
 each eval split and, on shapes, scores the attributes of the decoded images with the project's
@@ -36,7 +36,7 @@ from dalle2_jax.parallel.mesh import ConfigError
 from dalle2_jax.stages import image_diffusion
 from dalle2_jax.stages.base import Stage
 from dalle2_jax.stages.clip import to_model_images
-from dalle2_jax.stages.frozen_clip import FrozenClip
+from dalle2_jax.stages.frozen_clip import FrozenClip, clip_dir, clip_section
 
 EVAL_SPLITS = ("validation", "heldout")
 GRID_EXAMPLES = 16  # source/decoded pairs shown in each eval grid
@@ -65,21 +65,17 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def stage_sections() -> dict[str, ml_collections.ConfigDict]:
-    clip = ml_collections.ConfigDict()
-    clip.workdir = ""  # a finished CLIP run: its image embeddings condition the decoder
-
     decoder = ml_collections.ConfigDict()
     decoder.clip_drop_prob = 0.1  # replace the CLIP embedding by the learned null (paper: 10%)
     decoder.text_drop_prob = 0.5  # drop the caption (paper: 50%)
     decoder.eval_limit = 64  # examples per eval split that are decoded (sampling is the costly part)
-    return {"clip": clip, "decoder": decoder, "diffusion": image_diffusion.diffusion_config("eps"),
+    return {"clip": clip_section(), "decoder": decoder, "diffusion": image_diffusion.diffusion_config("eps"),
             "sampling": image_diffusion.sampling_config(num_steps=50, guidance_scale=3.0)}
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Decoder-specific checks; raises ConfigError naming the field."""
-    if not config.clip.workdir:
-        raise ConfigError("clip.workdir: name the finished CLIP run whose embeddings the decoder is trained on")
+    clip_dir(config)  # names a CLIP (clip.pretrained or clip.workdir)
     if config.model.image_size != config.data.resolution:
         raise ConfigError(f"model.image_size={config.model.image_size} must equal data.resolution="
                           f"{config.data.resolution} (the decoder generates the dataset's images)")
@@ -111,7 +107,7 @@ class DecoderStage(Stage):
 
     def __init__(self, config: ml_collections.ConfigDict, clip: FrozenClip | None = None):
         self.config = config
-        self.clip = clip or FrozenClip(config.clip.workdir)
+        self.clip = clip or FrozenClip.of(config)
         try:
             self.model = UNet.from_config(unet_config(config, self.clip), dtype=jnp.dtype(config.dtype))
         except ValueError as e:

@@ -1,4 +1,6 @@
-"""A finished CLIP run, loaded for inference by the stages that condition on CLIP (prior, decoder)."""
+"""A frozen CLIP for the stages that condition on it (prior, decoder): a finished CLIP run of this
+project (`clip.workdir`) or a pretrained OpenAI / OpenCLIP model converted by
+`python -m dalle2_jax.convert_clip` (`clip.pretrained`), loaded for inference."""
 
 from __future__ import annotations
 
@@ -7,28 +9,71 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from etils import epath
 
+from dalle2_jax.data.clip_bpe import MERGES_FILE
 from dalle2_jax.data.tokenizer import make_tokenizer
 from dalle2_jax.models.clip import CLIP
+from dalle2_jax.parallel.mesh import ConfigError
 from dalle2_jax.stages.clip import clip_example, resolved_model_config, to_model_images
 from dalle2_jax.stages.finished_run import load_finished_run
+
+PRETRAINED_MARKER = "pretrained.json"  # written by convert_clip next to the config and checkpoint
+
+
+def clip_section() -> ml_collections.ConfigDict:
+    """The `clip` config section of the stages that condition on CLIP."""
+    clip = ml_collections.ConfigDict()
+    clip.workdir = ""  # a finished CLIP run (its workdir); its config fixes the embedding sizes
+    clip.pretrained = ""  # a CLIP converted by `python -m dalle2_jax.convert_clip`; used instead of clip.workdir
+    return clip
+
+
+def clip_dir(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(directory, field naming it) of the CLIP a stage config conditions on: `clip.pretrained`
+    if set, else `clip.workdir`. Raises ConfigError when neither is set or the pretrained one is
+    not a converted checkpoint."""
+    workdir, pretrained = config.clip.workdir, config.clip.get("pretrained", "")
+    if not workdir and not pretrained:
+        raise ConfigError("clip.workdir / clip.pretrained: name the CLIP to condition on (a finished CLIP run, "
+                          "or a pretrained CLIP converted by python -m dalle2_jax.convert_clip)")
+    if pretrained and not (epath.Path(pretrained) / PRETRAINED_MARKER).exists():
+        raise ConfigError(f"clip.pretrained={pretrained!r}: not a converted CLIP (no {PRETRAINED_MARKER}); write one "
+                          f"with python -m dalle2_jax.convert_clip --checkpoint=FILE --arch=ARCH --out={pretrained}")
+    return (pretrained, "clip.pretrained") if pretrained else (workdir, "clip.workdir")
 
 
 class FrozenClip:
     """CLIP config, tokenizer, model and parameters (the EMA ones if the run kept them).
 
-    `field` is the config field that named the workdir, for error messages.
+    `field` is the config field that named the directory, for error messages. A CLIP BPE
+    tokenizer without `tokenizer.bpe_path` reads the merges file kept in the directory, if any.
     """
 
     def __init__(self, workdir: str, field: str = "clip.workdir"):
         self.config, self.params = load_finished_run(workdir, field, "clip")
-        self.tokenizer = make_tokenizer(self.config.tokenizer)
+        tokenizer_cfg = ml_collections.ConfigDict(self.config.tokenizer.to_dict())
+        kept_merges = epath.Path(workdir) / MERGES_FILE
+        if tokenizer_cfg.kind == "clip_bpe" and not tokenizer_cfg.get("bpe_path") and kept_merges.exists():
+            tokenizer_cfg.bpe_path = str(kept_merges)
+        try:
+            self.tokenizer = make_tokenizer(tokenizer_cfg)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{field}={workdir!r}: {e}") from None
         self.model = CLIP.from_config(resolved_model_config(self.config, self.tokenizer),
                                       dtype=jnp.dtype(self.config.dtype))
+        vision = self.config.model.vision
+        self.image_mean, self.image_std = tuple(vision.get("image_mean", ())), tuple(vision.get("image_std", ()))
         self.embed_dim = int(self.config.model.embed_dim)
         self.text_width = int(self.config.model.text.width)
         self.context_length = int(self.tokenizer.context_length)
+
+    @classmethod
+    def of(cls, config: ml_collections.ConfigDict) -> FrozenClip:
+        """The CLIP a prior or decoder config names (`clip.workdir` or `clip.pretrained`)."""
+        return cls(*clip_dir(config))
 
     def example(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """A dataset example as this CLIP's inputs."""
@@ -43,7 +88,7 @@ class FrozenClip:
     def encode_images(self, params: Any, images: jax.Array) -> jax.Array:
         """Unit-norm image embeddings of uint8 [B, R, R, 3] images (resized to CLIP's resolution)."""
         size = int(self.config.data.resolution)
-        x = to_model_images(images)
+        x = to_model_images(images, self.image_mean, self.image_std)
         if x.shape[1:3] != (size, size):
             x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "linear", antialias=True)
         image = self.model.apply({"params": params}, x, method=CLIP.encode_image)

@@ -1,8 +1,9 @@
 """The diffusion prior stage (unCLIP sec. 2.2): caption -> CLIP image embedding.
 
 Training data are precomputed CLIP embeddings (`data/embeddings.py`), computed once from the
-finished CLIP run named by `clip.workdir` (into `prior.embeddings_dir`, by default
-`<clip.workdir>/embeddings`, shared by every prior trained on that CLIP); with
+finished CLIP run named by `clip.workdir` or the converted pretrained CLIP named by
+`clip.pretrained` (into `prior.embeddings_dir`, by default `<that directory>/embeddings`, shared
+by every prior trained on that CLIP: set it per dataset when one CLIP serves several); with
 `prior.embeddings = "on_the_fly"` the frozen CLIP encodes each training batch inside the train
 step instead (no disk, CLIP's forward pass every step; evaluation still uses stored embeddings
 of the small eval splits). The model is the
@@ -39,7 +40,7 @@ from dalle2_jax.models.prior import DiffusionPrior
 from dalle2_jax.parallel.mesh import ConfigError
 from dalle2_jax.stages import image_diffusion
 from dalle2_jax.stages.base import Stage
-from dalle2_jax.stages.frozen_clip import FrozenClip
+from dalle2_jax.stages.frozen_clip import FrozenClip, clip_dir, clip_section
 
 EVAL_SPLITS = ("validation", "heldout")
 EMBEDDINGS = ("precomputed", "on_the_fly")
@@ -61,16 +62,13 @@ def model_config() -> ml_collections.ConfigDict:
 
 def stage_sections() -> dict[str, ml_collections.ConfigDict]:
     """The prior's own config sections besides `model`."""
-    clip = ml_collections.ConfigDict()
-    clip.workdir = ""  # a finished CLIP run (its workdir); its config fixes the embedding sizes
-
     prior = ml_collections.ConfigDict()
     prior.embeddings = "precomputed"  # 'precomputed' (read from disk) or 'on_the_fly' (CLIP in the step)
-    prior.embeddings_dir = ""  # precomputed embeddings; '' = <clip.workdir>/embeddings
+    prior.embeddings_dir = ""  # precomputed embeddings; '' = <clip.workdir or clip.pretrained>/embeddings
     prior.text_drop_prob = 0.1  # replace the text conditioning by the learned null (paper: 10%)
     prior.embed_scale = 0.0  # multiply unit CLIP embeddings by this (0 = sqrt(embed_dim))
     prior.eval_limit = 256  # examples per eval split that are sampled (sampling is the costly part)
-    return {"clip": clip, "prior": prior, "diffusion": diffusion_config(), "sampling": sampling_config()}
+    return {"clip": clip_section(), "prior": prior, "diffusion": diffusion_config(), "sampling": sampling_config()}
 
 
 def diffusion_config() -> ml_collections.ConfigDict:
@@ -96,8 +94,7 @@ def sampling_config() -> ml_collections.ConfigDict:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Prior-specific checks; raises ConfigError naming the field."""
-    if not config.clip.workdir:
-        raise ConfigError("clip.workdir: name the finished CLIP run the prior is trained on")
+    clip_dir(config)  # names a CLIP (clip.pretrained or clip.workdir)
     image_diffusion.check_process(config.diffusion)
     image_diffusion.check_sampling(config.sampling, config.diffusion.num_timesteps, "sampling")
     if config.sampling.num_candidates < 1:
@@ -146,8 +143,8 @@ class PriorStage(Stage):
 
     def __init__(self, config: ml_collections.ConfigDict, clip: FrozenClip | None = None):
         self.config = config
-        self.clip = clip or FrozenClip(config.clip.workdir)
-        self.embeddings_dir = config.prior.embeddings_dir or f"{config.clip.workdir}/embeddings"
+        self.clip = clip or FrozenClip.of(config)
+        self.embeddings_dir = config.prior.embeddings_dir or f"{clip_dir(config)[0]}/embeddings"
         model_cfg = ml_collections.ConfigDict(config.model.to_dict())
         model_cfg.embed_dim = self.clip.embed_dim
         model_cfg.text_width = self.clip.text_width
