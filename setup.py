@@ -32,8 +32,8 @@ setup(
         # CLIP's BPE tokenizer (clean-up and pre-tokenization exactly as CLIP's) and the
         # pretrained-CLIP converter's checkpoint reader.
         "ftfy>=6.3.1",
-        "regex>=2026.11.19",
-        "safetensors>=0.8.0",
+        "regex>=2024.4.16",
+        "safetensors>=0.4.3",
     ],
     extras_require={"test": ["pytest>=8.0", "ruff>=0.15"]},
     classifiers=[
