@@ -272,3 +272,28 @@ def test_spatial_clip_map_and_coordinate_channels():
                                rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="model.clip_spatial=3"):
         UNet.from_config(decoder_config(clip_spatial=3))
+
+
+def test_caption_padding_is_found_by_position_not_by_id():
+    """CLIP's BPE pads with 0, which is also the id of "!": a 0 before the end token is a real token."""
+    from dalle2_jax.models.unet import TextEncoder
+    from dalle2_jax.nn.transformer import caption_positions
+
+    sot, eot = 49406, 49407
+    tokens = jnp.array([[sot, 320, 0, 0, eot, 0, 0],  # "a ! !" then padding
+                        [sot, 320, eot, 0, 0, 0, 0],
+                        [0, 0, 0, 0, 0, 0, 0]])  # no caption at all
+    mask, last = caption_positions(tokens, pad_id=0, eot_id=eot)
+    np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0, 0], [0] * 7])
+    np.testing.assert_array_equal(last[:2], [4, 2])
+    # Without the end token's id, the "!" tokens would be taken for padding.
+    assert not caption_positions(tokens, pad_id=0, eot_id=None)[0][0, 2]
+
+    encoder = TextEncoder(vocab_size=49408, context_length=7, width=16, depth=1, num_heads=2, eot_id=eot)
+    params = encoder.init(jax.random.key(0), tokens)
+    encodings, pooled, encoder_mask = encoder.apply(params, tokens)
+    np.testing.assert_array_equal(encoder_mask, mask)
+    np.testing.assert_allclose(pooled[0], encodings[0, 4])
+    # The "!" tokens change the caption's features: they are attended to, not masked.
+    other = tokens.at[0, 2:4].set(320)
+    assert not np.allclose(encoder.apply(params, other)[1][0], pooled[0])

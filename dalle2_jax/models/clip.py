@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dalle2_jax.nn.axes import BATCH, EMBED, LENGTH, PATCH, VOCAB
-from dalle2_jax.nn.transformer import Transformer, layer_norm
+from dalle2_jax.nn.transformer import Transformer, caption_positions, layer_norm
 
 Dtype = Any
 
@@ -123,10 +123,11 @@ class TextTransformer(nn.Module):
     """CLIP's text encoder: a causal Transformer (CLIP sec 2.4).
 
     The features of the end-of-text token, at its first occurrence in each row, are
-    layer-normalised and projected to `embed_dim`; a row with no end-of-text token is pooled at
-    its last position (OpenAI's CLIP pools at the largest id, its end-of-text token: the same
-    position). Padding follows the end-of-text token, so causal attention alone keeps it out of
-    every real token's features.
+    layer-normalised and projected to `embed_dim` (OpenAI's CLIP pools at the largest id, its
+    end-of-text token: the same position); a row with no end-of-text token (our tokenizers
+    always write one) is pooled at its last non-padding token (`caption_positions`).
+    Padding follows the end-of-text token, so causal attention alone keeps it out of every real
+    token's features.
     """
 
     context_length: int
@@ -185,12 +186,8 @@ class TextTransformer(nn.Module):
             name="transformer",
         )(x)
         encodings = layer_norm("ln_final", jnp.float32)(x)
-        is_eot = tokens == self.eot_token_id
-        has_eot = jnp.any(is_eot, axis=1)
-        eot_index = jnp.where(has_eot, jnp.argmax(is_eot, axis=1), length - 1)
+        mask, eot_index = caption_positions(tokens, self.pad_id, self.eot_token_id)
         pooled = encodings[jnp.arange(batch), eot_index]
-        # Real tokens run up to the end token: CLIP's padding id 0 is also the id of "!".
-        mask = jnp.where(has_eot[:, None], jnp.arange(length) <= eot_index[:, None], tokens != self.pad_id)
         return _projection(self.embed_dim)(pooled), encodings, mask
 
 

@@ -45,7 +45,7 @@ import ml_collections
 from dalle2_jax.nn.attention import HeadsDense, MultiHeadAttention, fan_in_init
 from dalle2_jax.nn.axes import BATCH, CONV_IN, CONV_OUT, EMBED, LENGTH, MLP, NORM, VOCAB
 from dalle2_jax.nn.embeddings import timestep_embedding
-from dalle2_jax.nn.transformer import Transformer, layer_norm
+from dalle2_jax.nn.transformer import Transformer, caption_positions, layer_norm
 
 Dtype = Any
 
@@ -194,9 +194,10 @@ class TextEncoder(nn.Module):
     """GLIDE's caption encoder (Nichol et al. 2022, sec 2.3): a causal pre-LN Transformer.
 
     Token and learned position embeddings, `depth` causal blocks and a final LayerNorm. Padding
-    (id `pad_id`) is masked out of attention, and the pooled features are those of the last real
-    token (GLIDE pools the last position of its fixed-length sequence; with masked padding this
-    is the same token wherever the padding ends), so padding never changes the result.
+    (what follows the end-of-text token `eot_id`; id `pad_id` where a row has none) is masked out
+    of attention, and the pooled features are those of the last real token (GLIDE pools the last
+    position of its fixed-length sequence; with masked padding this is the same token wherever
+    the padding ends), so padding never changes the result.
 
     Attributes:
       vocab_size: number of token ids.
@@ -205,6 +206,7 @@ class TextEncoder(nn.Module):
       depth: number of Transformer blocks.
       num_heads: attention heads per block.
       pad_id: the padding token id.
+      eot_id: the end-of-text token id (None: padding is found by `pad_id` alone).
       dtype: compute dtype; encodings are float32.
       remat: recompute each block's activations in the backward pass.
       implementation: attention implementation passed to `jax.nn.dot_product_attention`.
@@ -216,6 +218,7 @@ class TextEncoder(nn.Module):
     depth: int
     num_heads: int
     pad_id: int = 0
+    eot_id: int | None = None
     dtype: Dtype = jnp.float32
     remat: bool = False
     implementation: str | None = None
@@ -233,7 +236,7 @@ class TextEncoder(nn.Module):
         length = tokens.shape[1]
         if length > self.context_length:
             raise ValueError(f"{length} text tokens exceed the text encoder's context_length {self.context_length}")
-        mask = tokens != self.pad_id
+        mask, last = caption_positions(tokens, self.pad_id, self.eot_id)
         x = nn.Embed(
             self.vocab_size,
             self.width,
@@ -257,7 +260,6 @@ class TextEncoder(nn.Module):
             name="transformer",
         )(x, mask)
         encodings = layer_norm("ln_final", jnp.float32)(x)
-        last = length - 1 - jnp.argmax(mask[:, ::-1], axis=1)
         pooled = jnp.take_along_axis(encodings, last[:, None, None], axis=1)[:, 0]
         return encodings, pooled, mask
 
@@ -327,7 +329,7 @@ class UNet(nn.Module):
         context_width (None), low_res_channels (0), coordinate_channels (False), clip_spatial (0),
         remat (False)
         and `text` (None, or
-        {vocab_size, context_length, width, depth, num_heads}).
+        {vocab_size, context_length, width, depth, num_heads}, optional pad_id (0) and eot_id).
         """
         text = cfg.get("text")
         text_encoder = None
@@ -344,6 +346,8 @@ class UNet(nn.Module):
                 width=text.width,
                 depth=text.depth,
                 num_heads=text.num_heads,
+                pad_id=text.get("pad_id", 0),
+                eot_id=text.get("eot_id"),
                 dtype=dtype,
                 remat=cfg.get("remat", False),
             )

@@ -31,6 +31,25 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+def caption_positions(tokens: jax.Array, pad_id: int, eot_id: int | None) -> tuple[jax.Array, jax.Array]:
+    """(mask, last) of [B, L] caption rows `[SOT, tokens..., EOT, PAD...]`: mask [B, L] is True for
+    the real tokens, those up to the first end-of-text token (start and end included), and last [B]
+    is the index of that end token. A row without one (or `eot_id` None) counts every id other
+    than `pad_id` as real and ends at its last real token. Padding is found by position, not id,
+    because a tokenizer's padding id can also be a real token (CLIP's BPE pads with 0, the id of "!").
+    """
+    length = tokens.shape[1]
+    not_pad = tokens != pad_id
+    fallback_last = length - 1 - jnp.argmax(not_pad[:, ::-1], axis=1)
+    if eot_id is None:
+        return not_pad, fallback_last
+    is_eot = tokens == eot_id
+    has_eot = jnp.any(is_eot, axis=1)
+    last = jnp.where(has_eot, jnp.argmax(is_eot, axis=1), fallback_last)
+    mask = jnp.where(has_eot[:, None], jnp.arange(length) <= last[:, None], not_pad)
+    return mask, last
+
+
 def layer_norm(name: str, dtype: Dtype = jnp.float32) -> nn.LayerNorm:
     """LayerNorm with named parameters; statistics in float32, output in `dtype`.
 

@@ -96,7 +96,8 @@ def unet_config(config: ml_collections.ConfigDict, clip: FrozenClip) -> ml_colle
     del m.text
     m.text = None
     if text.width:
-        m.text = dict(vocab_size=clip.tokenizer.vocab_size, context_length=clip.context_length, **text.to_dict())
+        m.text = dict(vocab_size=clip.tokenizer.vocab_size, context_length=clip.context_length,
+                      pad_id=clip.tokenizer.pad_id, eot_id=clip.tokenizer.eot_id, **text.to_dict())
     m.clip_embed_dim = clip.embed_dim
     m.out_channels = image_diffusion.ImageDiffusion(config.diffusion, config.sampling).out_channels
     return m
