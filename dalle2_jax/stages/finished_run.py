@@ -37,8 +37,10 @@ def load_finished_run(workdir: str, field: str, stage: str) -> tuple[ml_collecti
         # must load in a 1-device process (or on a GPU), and Orbax refuses a topology change
         # unless it is given a target.
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        # The handler's metadata: the checkpointer's also looks for a step-level metadata file,
+        # which the training loop's CheckpointManager keeps one directory up, and warns.
         target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
-                              checkpointer.metadata(state_dir).item_metadata)
+                              ocp.StandardCheckpointHandler().metadata(state_dir))
         state = checkpointer.restore(state_dir, target)
     except Exception as e:  # noqa: BLE001 - Orbax raises assorted errors for damaged files
         raise ConfigError(f"{field}={workdir!r}: the final checkpoint (step {wanted}) cannot be read: {e}") from None
