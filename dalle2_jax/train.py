@@ -25,6 +25,11 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+# Multi-host runs (see dalle2_jax/parallel/distributed.py): not needed under SLURM, on GKE TPU
+# slices and Cloud TPU VMs, where JAX finds the coordinator itself.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, from 0.")
 
 # Fields that may change between runs in one workdir: they do not change what is learned up to
 # the step reached (num_steps does change the cosine schedule's length; a warning says so).
@@ -106,6 +111,7 @@ def train_stage(config, workdir: str) -> dict[str, float]:
     import jax
 
     from dalle2_jax import config_schema
+    from dalle2_jax.parallel import distributed
     from dalle2_jax.parallel.mesh import ConfigError
     from dalle2_jax.stages import make_stage
     from dalle2_jax.training.loop import train_and_evaluate
@@ -122,6 +128,7 @@ def train_stage(config, workdir: str) -> dict[str, float]:
         stage = make_stage(config)
     except (ConfigError, UsageError, ValueError) as e:
         sys.exit(f"error: {e}")
+    distributed.barrier("config.json checked")  # by every host, before host 0 overwrites it
     if jax.process_index() == 0:
         path.mkdir(parents=True, exist_ok=True)
         saved.write_text(config_json)
@@ -142,6 +149,12 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: --config={config_path}: no such file")
     config = _CONFIG.value
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    from dalle2_jax.parallel import distributed
+
+    try:  # before any other JAX call
+        distributed.initialize(distributed.Flags(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value))
+    except distributed.DistributedError as e:
+        sys.exit(f"error: {e}")
     _prepare_devices(config)
 
     from dalle2_jax import config_schema, multistage

@@ -3,7 +3,7 @@
 Why grain rather than tf.data: grain reads TFDS `array_record` files through `tfds.data_source`
 without TensorFlow, its order is a pure function of (seed, index) so it is deterministic across
 restarts and host counts, and its iterator state is a few bytes of JSON that the checkpoint
-stores, which makes resume exact. Each host reads only its own slice of the examples.
+stores, which makes resume exact. Each host reads only its own slice of each global batch.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from dalle2_jax.data import shapes
+from dalle2_jax.parallel import distributed
 
 Example = Mapping[str, Any]
 
@@ -33,17 +34,22 @@ def open_splits(data_cfg: Any, splits: Sequence[str]) -> dict[str, Any]:
     """
     data_dir = data_cfg.data_dir or None
     if data_cfg.name == "shapes":
-        builder = shapes.shapes_builder(
-            data_dir=data_dir,
-            resolution=data_cfg.resolution,
-            train_size=data_cfg.train_size,
-            validation_size=data_cfg.validation_size,
-            heldout_size=data_cfg.heldout_size,
-            seed=data_cfg.dataset_seed,
-        )
+        def make_builder():
+            return shapes.shapes_builder(
+                data_dir=data_dir,
+                resolution=data_cfg.resolution,
+                train_size=data_cfg.train_size,
+                validation_size=data_cfg.validation_size,
+                heldout_size=data_cfg.heldout_size,
+                seed=data_cfg.dataset_seed,
+            )
+
         if jax.process_index() == 0:
-            builder.download_and_prepare()
-        # Other hosts of a multi-host run read what host 0 wrote (a shared filesystem).
+            make_builder().download_and_prepare()
+        # Other hosts of a multi-host run read what host 0 wrote (a shared filesystem), once it
+        # is there: a builder made before the files exist would know no splits.
+        distributed.barrier(f"shapes dataset prepared in {data_dir}")
+        builder = make_builder()
     else:
         try:
             builder = tfds.builder(data_cfg.name, data_dir=data_dir, file_format="array_record")
@@ -70,14 +76,23 @@ def train_iterator(
     num_threads: int,
     prefetch: int,
 ) -> grain.DatasetIterator:
-    """Endless, shuffled (differently each epoch), batched iterator over this host's examples."""
+    """Endless, shuffled (differently each epoch), batched iterator over this host's examples.
+
+    The order is one global order, whatever the number of hosts: global batch k holds examples
+    k * B .. (k + 1) * B - 1 of the shuffled stream, and host h reads (and transforms) only its
+    contiguous slice of them, the h-th of `jax.process_count()`. Every host's iterator is therefore
+    at the same position, the number of global batches read, and a checkpoint written by N hosts
+    resumes on M hosts at the same batch.
+    """
     count, index = jax.process_count(), jax.process_index()
+    if global_batch_size % count:
+        raise DatasetError(f"data.batch_size={global_batch_size} does not split evenly over {count} hosts")
     dataset = (
-        grain.MapDataset.source(source)[index::count]
+        grain.MapDataset.source(source)
         .shuffle(seed=seed % 2**32)
         .repeat()
         .map(transform)
-        .batch(global_batch_size // count, drop_remainder=True)
+        .batch(global_batch_size // count, drop_remainder=True)[index::count]
     )
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     return iter(dataset.to_iter_dataset(options))

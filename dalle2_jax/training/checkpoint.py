@@ -9,6 +9,7 @@ wrong bytes; restore therefore verifies the checksum and falls back to the previ
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grain
@@ -17,6 +18,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+
+from dalle2_jax.parallel import distributed
 
 
 class CheckpointError(RuntimeError):
@@ -45,6 +48,20 @@ def state_checksum(state: Any) -> list[jax.Array]:
 
 def _checksum_list(state: Any) -> list[int]:
     return [int(v) for v in jax.device_get(state_checksum(state))]
+
+
+def restore_data_position(directory: epath.Path, data_iterator: Any) -> None:
+    """Sets `data_iterator` to the position saved in a step's `data` item (grain's handler wrote
+    one JSON file per host), also when another number of hosts wrote it.
+
+    Every host's iterator stands at the same position, the number of global batches read (see
+    `data.pipeline.train_iterator`), so where this host's own file is absent host 0's file
+    gives the same position.
+    """
+    own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    written = own if own.exists() else min(directory.glob("process_0-of-*.json"), default=own)
+    data_iterator.set_state(json.loads(written.read_text()))
+    data_iterator.start_prefetch()
 
 
 class Checkpointer:
@@ -97,10 +114,10 @@ class Checkpointer:
                     step,
                     args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract_state),
-                        data=grain.checkpoint.CheckpointRestore(data_iterator),
                         meta=ocp.args.JsonRestore(),
                     ),
                 )
+                restore_data_position(self.directory / str(step) / "data", data_iterator)
             except Exception as e:  # noqa: BLE001 - orbax raises many kinds on damaged files
                 self._set_aside(step, f"does not restore ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
                 continue
@@ -125,6 +142,7 @@ class Checkpointer:
             target, suffix = aside / f"{step}.{suffix}", suffix + 1
         if jax.process_index() == 0:
             (self.directory / str(step)).rename(target)
+        distributed.barrier(f"checkpoint {step} set aside")  # every host then lists the same steps
         self._manager.reload()
         logging.warning("Checkpoint step %d %s: moved to %s; trying the one before.", step, reason, target)
 
