@@ -32,8 +32,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 RESUMABLE_CHANGES = (
     "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.async_checkpointing", "data.num_threads", "data.prefetch",
-    "data.eval_batch_size", "data.eval_limit", "data.data_dir", "mesh.num_cpu_devices",
-    "prior.eval_limit", "sampling.",
+    "data.eval_batch_size", "data.eval_limit", "data.data_dir",
+    "prior.eval_limit", "sampling.", "train.peak_flops_per_device",
+    # How the work is laid out on devices: the same experiment, numerically equal up to rounding.
+    "mesh.", "sharding.", "model.remat",
 )
 
 

@@ -45,6 +45,7 @@ import ml_collections
 from dalle2_jax.nn.attention import HeadsDense, MultiHeadAttention, fan_in_init
 from dalle2_jax.nn.axes import BATCH, CONV_IN, CONV_OUT, EMBED, LENGTH, MLP, NORM, VOCAB
 from dalle2_jax.nn.embeddings import timestep_embedding
+from dalle2_jax.nn.remat import remat_block
 from dalle2_jax.nn.transformer import Transformer, layer_norm
 
 Dtype = Any
@@ -206,7 +207,7 @@ class TextEncoder(nn.Module):
       num_heads: attention heads per block.
       pad_id: the padding token id.
       dtype: compute dtype; encodings are float32.
-      remat: recompute each block's activations in the backward pass.
+      remat: rematerialisation policy of each block (see `dalle2_jax.nn.remat`).
       implementation: attention implementation passed to `jax.nn.dot_product_attention`.
     """
 
@@ -217,7 +218,7 @@ class TextEncoder(nn.Module):
     num_heads: int
     pad_id: int = 0
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: str | bool = "none"
     implementation: str | None = None
 
     @nn.compact
@@ -293,7 +294,7 @@ class UNet(nn.Module):
       coordinate_channels: concatenate the pixel coordinates to the input (see above).
       clip_spatial: feature-map size at which the spatial CLIP projection is added (0: none).
       dtype: compute dtype; parameters and output are float32.
-      remat: recompute each block's activations in the backward pass.
+      remat: rematerialisation policy of each block (see `dalle2_jax.nn.remat`).
       implementation: attention implementation passed to `jax.nn.dot_product_attention`.
     """
 
@@ -314,7 +315,7 @@ class UNet(nn.Module):
     coordinate_channels: bool = False
     clip_spatial: int = 0
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: str | bool = "none"
     implementation: str | None = None
 
     @classmethod
@@ -345,7 +346,7 @@ class UNet(nn.Module):
                 depth=text.depth,
                 num_heads=text.num_heads,
                 dtype=dtype,
-                remat=cfg.get("remat", False),
+                remat=cfg.get("remat", "none"),
             )
         model = cls(
             channels=cfg.channels,
@@ -365,7 +366,7 @@ class UNet(nn.Module):
             coordinate_channels=cfg.get("coordinate_channels", False),
             clip_spatial=cfg.get("clip_spatial", 0),
             dtype=dtype,
-            remat=cfg.get("remat", False),
+            remat=cfg.get("remat", "none"),
         )
         model.validate()
         return model
@@ -536,8 +537,8 @@ class UNet(nn.Module):
             grid = jnp.stack(jnp.meshgrid(axis, axis, indexing="xy"), axis=-1)
             h = jnp.concatenate([h, jnp.broadcast_to(grid, (batch, size, size, 2)).astype(self.dtype)], axis=-1)
 
-        res_block = nn.remat(ResBlock) if self.remat else ResBlock
-        attn_block = nn.remat(AttentionBlock) if self.remat else AttentionBlock
+        res_block = remat_block(ResBlock, self.remat)
+        attn_block = remat_block(AttentionBlock, self.remat)
 
         def res(out_channels: int, name: str, direction: str = "none") -> ResBlock:
             return res_block(out_channels, direction, self.dropout, not train, self.dtype, name=name)
