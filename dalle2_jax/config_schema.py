@@ -157,8 +157,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         if size > 1 and axis not in rules_lib.STRATEGY_AXES[strategy]:
             raise ConfigError(f"mesh.{axis}={size}: sharding.strategy={strategy!r} leaves that axis idle; "
                               f"set it to 1 or pick a strategy that uses it")
-    if config.model.get("remat", "none") not in REMAT_POLICIES + (True, False):
-        raise ConfigError(f"model.remat={config.model.remat!r}: expected one of {REMAT_POLICIES}")
+    remat = config.get("model", {}).get("remat", "none")
+    if remat not in REMAT_POLICIES + (True, False):
+        raise ConfigError(f"model.remat={remat!r}: expected one of {REMAT_POLICIES}")
     data_parallel = shape["data"] * shape["fsdp"]
     for field in ("batch_size", "eval_batch_size"):
         value = config.data[field]

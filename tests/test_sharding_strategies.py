@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from dalle2_jax.stages import make_stage
+from dalle2_jax.training import checkpoint
 from dalle2_jax.training.loop import train_and_evaluate
 from tests.tiny import (
     TINY_DECODER_OVERRIDES,
@@ -29,6 +30,12 @@ SHORT = {"train.num_steps": 2, "train.log_every": 2, "train.eval_every": 1000,
 STRATEGY = {(8, 1, 1): "dp", (1, 8, 1): "fsdp", (2, 4, 1): "fsdp", (2, 2, 2): "fsdp_tp"}
 DEFAULT_CASES = {("clip", (2, 4, 1)), ("prior", (1, 8, 1)), ("decoder", (2, 2, 2)), ("upsampler", (8, 1, 1)),
                  ("clip", (2, 2, 2))}
+
+
+@pytest.fixture(autouse=True)
+def no_checkpoint_writes(monkeypatch):
+    """The final checkpoint of an 8-device state takes ~10 s here; checkpoints are tested elsewhere."""
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", lambda self, step, state, data_iterator: None)
 
 
 def stage_config(stage: str, data_dir: str, clip_workdir: str, embeddings_dir: str, **fields):
@@ -107,8 +114,7 @@ def test_mesh_trains_like_one_device(stage, mesh, runner):
 def test_fsdp_shrinks_per_device_state_to_about_one_eighth(shapes_data_dir, tmp_path):
     """Parameter + optimizer bytes per device from the compiled step's memory analysis: FSDP over
     8 devices against data parallelism (replicated state) on the same 8 devices."""
-    wide = {"model.embed_dim": 64, "model.vision.width": 64, "model.text.width": 64, "model.vision.depth": 2,
-            "model.text.depth": 2}
+    wide = {"model.embed_dim": 64, "model.vision.width": 64, "model.text.width": 64}
     figures = {}
     for mesh, strategy in (((8, 1, 1), "dp"), ((1, 8, 1), "fsdp")):
         config = tiny_clip_config(shapes_data_dir, **{**SHORT, **wide, "train.num_steps": 1, "mesh.data": mesh[0],
@@ -132,3 +138,11 @@ def test_remat_policies_and_bfloat16_train_on_a_sharded_mesh(runner):
     params, records = runner("prior", (2, 2, 2), dtype="bfloat16")
     assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype("float32")}
     np.testing.assert_allclose(metric(records, "train/loss"), metric(reference[1], "train/loss"), rtol=0.05)
+
+
+def test_gradient_accumulation_on_a_fsdp_mesh_matches_one_device(runner):
+    """Microbatches scanned inside the sharded step (gradients kept sharded) add up as on one
+    device; that they equal one big batch is test_loop's (the diffusion noise differs per microbatch)."""
+    accumulate = {"train.grad_accum_steps": 2}
+    assert_same_training(runner("prior", (2, 4, 1), **accumulate), runner("prior", (1, 1, 1), **accumulate),
+                         "grad_accum_steps=2 on (2, 4, 1)")

@@ -92,3 +92,8 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> jax.sharding
 def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
     """Number of distinct batch shards: the product of the axes the batch is split over."""
     return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def fsdp_size(mesh: jax.sharding.Mesh) -> int:
+    """Number of shards FSDP splits parameters and optimizer state into."""
+    return mesh.shape["fsdp"]

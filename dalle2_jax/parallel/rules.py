@@ -27,17 +27,18 @@ STRATEGIES = ("dp", "fsdp", "fsdp_tp")
 # must have size 1.
 STRATEGY_AXES = {"dp": ("data", "fsdp"), "fsdp": ("data", "fsdp"), "fsdp_tp": ("data", "fsdp", "tensor")}
 
-# config.stage -> model family.
+# config.stage -> model family; other stages (e.g. tests' toy stages) get the transformer rules.
 FAMILY_OF_STAGE = {"clip": "transformer", "prior": "transformer", "decoder": "unet", "upsampler": "unet"}
 
 _BATCH = ((axes.BATCH, ("data", "fsdp")),)
 # Names whose dimensions stay whole under every strategy.
-_NEVER_SPLIT = ((axes.LENGTH, None), (axes.KV, None), (axes.PATCH, None), (axes.NORM, None))
+_NEVER_SPLIT = ((axes.LENGTH, None), (axes.PATCH, None), (axes.NORM, None))
 
-# FSDP preference order of the names holding model weights, per family.
+# FSDP preference order of the names holding model weights, per family ('kv' last: a per-head
+# bias [heads, kv] with fewer heads than FSDP shards is split along kv).
 _FSDP_ORDER = {
-    "transformer": (axes.EMBED, axes.MLP, axes.HEADS, axes.VOCAB),
-    "unet": (axes.CONV_IN, axes.CONV_OUT, axes.EMBED, axes.MLP, axes.HEADS, axes.VOCAB),
+    "transformer": (axes.EMBED, axes.MLP, axes.HEADS, axes.VOCAB, axes.KV),
+    "unet": (axes.CONV_IN, axes.CONV_OUT, axes.EMBED, axes.MLP, axes.HEADS, axes.VOCAB, axes.KV),
 }
 # Tensor-parallel names, per family (the split that needs no gather inside a block).
 _TP_ORDER = {
@@ -61,4 +62,4 @@ def rules_for_config(config: Any) -> Rules:
     """The config's explicit `sharding.rules` if given, else its strategy's rules for its stage."""
     if config.sharding.rules:
         return rules_from_config(config.sharding.rules)
-    return strategy_rules(config.sharding.strategy, FAMILY_OF_STAGE[config.stage])
+    return strategy_rules(config.sharding.strategy, FAMILY_OF_STAGE.get(config.stage, "transformer"))

@@ -54,9 +54,10 @@ def _microbatches(batch: Any, count: int) -> Any:
 
 
 def make_train_step(stage: Stage, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    train_cfg: ml_collections.ConfigDict, ema_decay: float) -> Callable:
+                    train_cfg: ml_collections.ConfigDict, ema_decay: float, param_shardings: Any = None) -> Callable:
     """The pure step function (state, batch, frozen) -> (state, metrics) for `jax.jit`; `frozen` is
-    the stage's frozen parameters (or None), an input of the step that is never trained."""
+    the stage's frozen parameters (or None), an input of the step that is never trained.
+    `param_shardings` (optional) keeps the accumulated gradients sharded like the parameters."""
     accum = train_cfg.grad_accum_steps
     grad_fn = jax.value_and_grad(stage.loss, has_aux=True)
 
@@ -77,6 +78,8 @@ def make_train_step(stage: Stage, tx: optax.GradientTransformation, schedule: op
         micro = _microbatches(batch, accum)
         shapes = jax.eval_shape(lambda: body_shapes(params, micro, rng))
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        if param_shardings is not None:  # under FSDP, never a replicated gradient buffer
+            zeros = (*zeros[:2], jax.lax.with_sharding_constraint(zeros[2], param_shardings))
         total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
         return jax.tree.map(lambda x: x / accum, total)
 
@@ -272,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
             writer.close()
             return state, eval_metrics
 
-        train_step = make_train_step(stage, tx, schedule, train_cfg, ema_decay)
+        train_step = make_train_step(stage, tx, schedule, train_cfg, ema_decay, state_shardings.params)
         first_batch = sharding.global_batch(next(data_iterator), batch_sharding)
         frozen = stage.frozen_params()
         if frozen is not None:  # replicated: a frozen model the size of the trained one would need specs

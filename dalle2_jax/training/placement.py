@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from dalle2_jax.parallel import mesh as mesh_lib
 from dalle2_jax.parallel.mesh import ConfigError
 
 FSDP_STRATEGIES = ("fsdp", "fsdp_tp")
@@ -18,10 +19,10 @@ def _shard_bytes(x: Any, sharding: jax.sharding.Sharding) -> int:
 
 
 def check_params_sharded(params: Any, shardings: Any, config: ml_collections.ConfigDict) -> None:
-    """Under an FSDP strategy with an `fsdp` axis longer than 1, raises ConfigError naming the
+    """Under an FSDP strategy with more than one FSDP shard, raises ConfigError naming the
     first parameter larger than `sharding.max_replicated_mib` whose sharding replicates it."""
     mesh = jax.tree.leaves(shardings)[0].mesh
-    if config.sharding.strategy not in FSDP_STRATEGIES or mesh.shape["fsdp"] == 1:
+    if config.sharding.strategy not in FSDP_STRATEGIES or mesh_lib.fsdp_size(mesh) == 1:
         return
     limit = config.sharding.max_replicated_mib * 2**20
     for (path, x), sharding in zip(jax.tree.leaves_with_path(params), jax.tree.leaves(shardings), strict=True):
