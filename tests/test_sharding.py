@@ -152,3 +152,13 @@ def test_cpu_peak_is_the_measured_matmul_rate_shared_by_the_devices():
     assert 1e8 < peak * jax.local_device_count() < 1e13
     assert throughput.throughput_metrics(1e9, 2.0, 4e9) == {"flops_per_sec_per_device": 2e9, "mfu": 0.5}
     assert throughput.throughput_metrics(1e9, 2.0, 0.0) == {"flops_per_sec_per_device": 2e9}
+
+
+def test_the_loop_checks_placement_before_compiling(shapes_data_dir, tmp_path):
+    """With the limit below a LayerNorm scale (replicated by design), the run stops at once."""
+    from dalle2_jax.training.loop import train_and_evaluate
+
+    config = tiny_clip_config(shapes_data_dir, **{"sharding.strategy": "fsdp", "mesh.data": 1, "mesh.fsdp": 8,
+                                                  "sharding.max_replicated_mib": 1e-5})
+    with pytest.raises(ConfigError, match=r"params\[.*is replicated on every device"):
+        train_and_evaluate(config, str(tmp_path), make_stage(config))
