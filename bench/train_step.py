@@ -1,11 +1,13 @@
-"""Train-step speed of any stage's config on this machine, next to the f32 matmul ceiling.
+"""Train-step speed, model FLOPs and MFU of any stage's config on this machine.
 
     python bench/train_step.py [--config=configs/shapes/clip.py] [--steps=30] [--config.x=y ...]
     python bench/train_step.py --config=configs/shapes/prior.py --config.clip.workdir=runs/shapes_clip
 
 Trains the config for a few steps in a temporary workdir through the real command line
-(`dalle2_jax.train`, all CPU devices), then reads the step rate and the compiled step's model
-FLOPs from `metrics.jsonl`. The first logging interval (which includes warm-up) is skipped.
+(`dalle2_jax.train`, all CPU devices), then reads the step rate, the compiled step's model
+FLOPs and the per-device peak the run used from `metrics.jsonl`. The first logging interval
+(which includes warm-up) is skipped. The peak is the device table's figure on TPU/GPU and the
+measured f32 matmul rate on CPU (`dalle2_jax.training.throughput`).
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ def train_rate(config: str, steps: int, overrides: list[str]) -> dict[str, float
         subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
         records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
         batch_size = json.loads(open(os.path.join(workdir, "config.json")).read())["data"]["batch_size"]
-    flops = next(r["model_flops_per_step"] for r in records if "model_flops_per_step" in r)
+    first = next(r for r in records if "model_flops_per_step" in r)
     rates = [r["train/steps_per_sec"] for r in records if "train/steps_per_sec" in r][1:]
-    return {"model_flops_per_step": flops, "steps_per_sec": sum(rates) / len(rates), "batch_size": batch_size}
+    return {"model_flops_per_step": first["model_flops_per_step"], "steps_per_sec": sum(rates) / len(rates),
+            "peak_flops_per_device": first["peak_flops_per_device"], "batch_size": batch_size}
 
 
 def main() -> None:
@@ -47,20 +50,18 @@ def main() -> None:
     import jax
 
     jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
-    from bench.ceiling import matmul_flops_per_sec
-
-    ceiling = matmul_flops_per_sec()["ceiling"]
     result = train_rate(args.config, args.steps, args.overrides)
     achieved = result["model_flops_per_step"] * result["steps_per_sec"]
     devices = jax.device_count()
+    peak = result["peak_flops_per_device"]
     print(f"config: {args.config} {' '.join(args.overrides)}")
     print(f"devices: {devices} x {jax.devices()[0].platform}")
     print(f"train step: {1000 / result['steps_per_sec']:.0f} ms ({result['steps_per_sec']:.2f} steps/s, "
           f"{result['steps_per_sec'] * result['batch_size']:.1f} examples/s)")
     print(f"model FLOPs per step: {result['model_flops_per_step']:.3g}")
     print(f"achieved: {achieved / 1e9:.1f} GFLOP/s total, {achieved / devices / 1e9:.1f} GFLOP/s per device")
-    print(f"f32 matmul ceiling (whole machine): {ceiling / 1e9:.1f} GFLOP/s")
-    print(f"fraction of ceiling: {achieved / ceiling:.0%}")
+    print(f"peak per device: {peak / 1e9:.1f} GFLOP/s ({jax.devices()[0].device_kind})")
+    print(f"MFU: {achieved / devices / peak:.1%}" if peak > 0 else "MFU: peak unknown, set train.peak_flops_per_device")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ import os
 import jax
 import ml_collections
 
+from dalle2_jax.nn.remat import REMAT_POLICIES
 from dalle2_jax.parallel import mesh as mesh_lib
+from dalle2_jax.parallel import rules as rules_lib
 from dalle2_jax.parallel.mesh import ConfigError
 from dalle2_jax.stages import stage_module
 
-# Logical axis -> mesh axes. Parameters: FSDP shards the model width over `fsdp`, tensor
-# parallelism splits heads / MLP / vocabulary / conv outputs over `tensor`. Activations are
-# batch-sharded over `data` and `fsdp` (Flax skips a mesh axis already used by an earlier dim).
+# Logical axis -> mesh axes used outside training (the inference pipeline's batch sharding).
+# Training takes its rules from `sharding.strategy` (see dalle2_jax.parallel.rules).
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
     ("length", None),
@@ -85,15 +86,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3  # newest checkpoints kept
     c.train.async_checkpointing = True  # write checkpoints in the background
     c.train.max_nonfinite_in_a_row = 10  # stop after this many skipped (non-finite) steps in a row
+    c.train.peak_flops_per_device = 0.0  # for MFU; 0 = the device table (CPU: measured matmul rate)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis size (-1 = the devices left over)
     c.mesh.fsdp = 1  # parameter-sharding (ZeRO-3 / FSDP) axis size
     c.mesh.tensor = 1  # tensor-parallel axis size
     c.mesh.num_cpu_devices = 0  # CPU only: devices to split the host into (0 = one per core)
+    c.mesh.dcn_data = 1  # multi-slice: slices the data axis spans (mesh.data / this = size per slice)
+    c.mesh.dcn_fsdp = 1  # multi-slice: slices the fsdp axis spans
+    c.mesh.dcn_tensor = 1  # multi-slice: slices the tensor axis spans (keep 1: DCN is slow)
 
     c.sharding = ml_collections.ConfigDict()
-    c.sharding.rules = DEFAULT_RULES  # logical axis -> mesh axes (see above)
+    c.sharding.strategy = "fsdp_tp"  # 'dp' | 'fsdp' | 'fsdp_tp': see dalle2_jax/parallel/rules.py
+    c.sharding.rules = ()  # explicit logical axis -> mesh axes pairs; () = the strategy's rules
+    c.sharding.max_replicated_mib = 1.0  # fsdp*: a replicated parameter larger than this is an error
     return c
 
 
@@ -142,6 +149,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         raise ConfigError(f"optim.ema_decay={config.optim.ema_decay}: must be in [0, 1)")
 
     shape = dict(zip(mesh_lib.MESH_AXES, mesh_lib.mesh_shape(config.mesh, num_devices)))
+    mesh_lib.dcn_shape(config.mesh, tuple(shape.values()))
+    strategy = config.sharding.strategy
+    if strategy not in rules_lib.STRATEGIES:
+        raise ConfigError(f"sharding.strategy={strategy!r}: expected one of {rules_lib.STRATEGIES}")
+    for axis, size in shape.items():
+        if size > 1 and axis not in rules_lib.STRATEGY_AXES[strategy]:
+            raise ConfigError(f"mesh.{axis}={size}: sharding.strategy={strategy!r} leaves that axis idle; "
+                              f"set it to 1 or pick a strategy that uses it")
+    remat = config.get("model", {}).get("remat", "none")
+    if remat not in REMAT_POLICIES + (True, False):
+        raise ConfigError(f"model.remat={remat!r}: expected one of {REMAT_POLICIES}")
     data_parallel = shape["data"] * shape["fsdp"]
     for field in ("batch_size", "eval_batch_size"):
         value = config.data[field]

@@ -30,7 +30,7 @@ def get_config(arg: str | None = None):
     config.tokenizer.context_length = 77
 
     config.model.embed_dim = 1024
-    config.model.remat = True
+    config.model.remat = "full"
     config.model.vision.patch_size = 16
     config.model.vision.width = 1280
     config.model.vision.depth = 32

@@ -27,7 +27,7 @@ def get_config(arg: str | None = None):
     config.model.width = 2048
     config.model.depth = 24
     config.model.num_heads = 32
-    config.model.remat = True
+    config.model.remat = "full"
 
     config.optim.learning_rate = 1.1e-4
     config.optim.weight_decay = 6.0e-2

@@ -26,7 +26,7 @@ def get_config(arg: str | None = None):
     config.model.channels = 192
     config.model.channel_mults = (1, 1, 2, 2, 4, 4)
     config.model.num_res_blocks = 2
-    config.model.remat = True
+    config.model.remat = "full"
 
     config.upsampler.low_res_size = 256
     config.upsampler.crop_size = 0  # a quarter of the side: 256 px crops

@@ -26,7 +26,7 @@ def get_config(arg: str | None = None):
     config.model.channels = 320
     config.model.channel_mults = (1, 2, 3, 4)
     config.model.num_res_blocks = 3
-    config.model.remat = True
+    config.model.remat = "full"
 
     config.upsampler.low_res_size = 64
     config.upsampler.crop_size = 0  # a quarter of the side: 64 px crops

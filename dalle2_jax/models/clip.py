@@ -69,7 +69,7 @@ class VisionTransformer(nn.Module):
     embed_dim: int
     mlp_ratio: float = 4.0
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: str | bool = "none"
     activation: str = "gelu"
     implementation: str | None = None
 
@@ -140,7 +140,7 @@ class TextTransformer(nn.Module):
     mlp_ratio: float = 4.0
     pad_id: int = 0
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: str | bool = "none"
     activation: str = "gelu"
     implementation: str | None = None
 
@@ -230,7 +230,7 @@ class CLIP(nn.Module):
         def tower(section: ml_collections.ConfigDict, **specific: Any) -> dict[str, Any]:
             return dict(width=section.width, depth=section.depth, num_heads=section.num_heads,
                         mlp_ratio=section.get("mlp_ratio", 4.0), embed_dim=cfg.embed_dim, dtype=dtype,
-                        remat=cfg.get("remat", False), activation=cfg.get("activation", "gelu"), **specific)
+                        remat=cfg.get("remat", "none"), activation=cfg.get("activation", "gelu"), **specific)
 
         return cls(
             vision=VisionTransformer(**tower(vision, image_size=vision.image_size, patch_size=vision.patch_size)),

@@ -97,7 +97,7 @@ def model_section(arch: dict[str, Any]) -> ml_collections.ConfigDict:
     vision, text = arch["vision_cfg"], arch["text_cfg"]
     m = ml_collections.ConfigDict()
     m.embed_dim = arch["embed_dim"]
-    m.remat = False
+    m.remat = "none"  # block rematerialisation (dalle2_jax.nn.remat)
     m.activation = "quick_gelu" if arch.get("quick_gelu", False) else "gelu"
     m.vision = ml_collections.ConfigDict(dict(
         patch_size=vision["patch_size"], width=vision["width"], depth=vision["layers"],

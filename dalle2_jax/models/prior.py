@@ -61,7 +61,7 @@ class DiffusionPrior(nn.Module):
       text_width: feature size of the CLIP text token encodings.
       max_text_length: number of text tokens L (the CLIP context length).
       dtype: compute dtype; parameters and the prediction are float32.
-      remat: recompute each block's activations in the backward pass.
+      remat: rematerialisation policy of each block (see `dalle2_jax.nn.remat`).
       implementation: attention implementation passed to `jax.nn.dot_product_attention`.
     """
 
@@ -73,7 +73,7 @@ class DiffusionPrior(nn.Module):
     max_text_length: int
     mlp_ratio: float = 4.0
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: str | bool = "none"
     implementation: str | None = None
 
     @classmethod
@@ -98,7 +98,7 @@ class DiffusionPrior(nn.Module):
             max_text_length=cfg.max_text_length,
             mlp_ratio=cfg.get("mlp_ratio", 4.0),
             dtype=dtype,
-            remat=cfg.get("remat", False),
+            remat=cfg.get("remat", "none"),
         )
 
     def _check_shapes(self, x_t: jax.Array, text_embed: jax.Array, text_encodings: jax.Array) -> None:

@@ -45,6 +45,7 @@ import ml_collections
 from dalle2_jax.nn.attention import HeadsDense, MultiHeadAttention, fan_in_init
 from dalle2_jax.nn.axes import BATCH, CONV_IN, CONV_OUT, EMBED, LENGTH, MLP, NORM, VOCAB
 from dalle2_jax.nn.embeddings import timestep_embedding
+from dalle2_jax.nn.remat import remat_block
 from dalle2_jax.nn.transformer import Transformer, caption_positions, layer_norm
 
 Dtype = Any
@@ -208,7 +209,7 @@ class TextEncoder(nn.Module):
       pad_id: the padding token id.
       eot_id: the end-of-text token id (None: padding is found by `pad_id` alone).
       dtype: compute dtype; encodings are float32.
-      remat: recompute each block's activations in the backward pass.
+      remat: rematerialisation policy of each block (see `dalle2_jax.nn.remat`).
       implementation: attention implementation passed to `jax.nn.dot_product_attention`.
     """
 
@@ -220,7 +221,7 @@ class TextEncoder(nn.Module):
     pad_id: int = 0
     eot_id: int | None = None
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: str | bool = "none"
     implementation: str | None = None
 
     @nn.compact
@@ -295,7 +296,7 @@ class UNet(nn.Module):
       coordinate_channels: concatenate the pixel coordinates to the input (see above).
       clip_spatial: feature-map size at which the spatial CLIP projection is added (0: none).
       dtype: compute dtype; parameters and output are float32.
-      remat: recompute each block's activations in the backward pass.
+      remat: rematerialisation policy of each block (see `dalle2_jax.nn.remat`).
       implementation: attention implementation passed to `jax.nn.dot_product_attention`.
     """
 
@@ -316,7 +317,7 @@ class UNet(nn.Module):
     coordinate_channels: bool = False
     clip_spatial: int = 0
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: str | bool = "none"
     implementation: str | None = None
 
     @classmethod
@@ -327,7 +328,7 @@ class UNet(nn.Module):
         optional head_channels (64), dropout (0.0), in_channels (3), out_channels (3),
         clip_embed_dim (None; the decoder stage fills it in from its CLIP), clip_tokens (4),
         context_width (None), low_res_channels (0), coordinate_channels (False), clip_spatial (0),
-        remat (False)
+        remat ("none")
         and `text` (None, or
         {vocab_size, context_length, width, depth, num_heads}, optional pad_id (0) and eot_id).
         """
@@ -349,7 +350,7 @@ class UNet(nn.Module):
                 pad_id=text.get("pad_id", 0),
                 eot_id=text.get("eot_id"),
                 dtype=dtype,
-                remat=cfg.get("remat", False),
+                remat=cfg.get("remat", "none"),
             )
         model = cls(
             channels=cfg.channels,
@@ -369,7 +370,7 @@ class UNet(nn.Module):
             coordinate_channels=cfg.get("coordinate_channels", False),
             clip_spatial=cfg.get("clip_spatial", 0),
             dtype=dtype,
-            remat=cfg.get("remat", False),
+            remat=cfg.get("remat", "none"),
         )
         model.validate()
         return model
@@ -540,8 +541,8 @@ class UNet(nn.Module):
             grid = jnp.stack(jnp.meshgrid(axis, axis, indexing="xy"), axis=-1)
             h = jnp.concatenate([h, jnp.broadcast_to(grid, (batch, size, size, 2)).astype(self.dtype)], axis=-1)
 
-        res_block = nn.remat(ResBlock) if self.remat else ResBlock
-        attn_block = nn.remat(AttentionBlock) if self.remat else AttentionBlock
+        res_block = remat_block(ResBlock, self.remat)
+        attn_block = remat_block(AttentionBlock, self.remat)
 
         def res(out_channels: int, name: str, direction: str = "none") -> ResBlock:
             return res_block(out_channels, direction, self.dropout, not train, self.dtype, name=name)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from dalle2_jax.nn.attention import MultiHeadAttention, fan_in_init
 from dalle2_jax.nn.axes import BATCH, EMBED, LENGTH, NORM
 from dalle2_jax.nn.axes import MLP as MLP_AXIS
+from dalle2_jax.nn.remat import remat_block
 
 Dtype = Any
 
@@ -161,7 +162,7 @@ class Transformer(nn.Module):
       mlp_ratio: MLP hidden width / D.
       causal: causal self-attention (the text tower of CLIP, the diffusion prior).
       dtype: compute dtype; parameters are float32.
-      remat: recompute each block's activations in the backward pass (`nn.remat`).
+      remat: rematerialisation policy of each block (see `dalle2_jax.nn.remat`).
       activation: MLP activation, "gelu" or "quick_gelu".
       implementation: attention implementation passed to `jax.nn.dot_product_attention`.
     """
@@ -172,7 +173,7 @@ class Transformer(nn.Module):
     mlp_ratio: float = 4.0
     causal: bool = False
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: str | bool = "none"
     activation: str = "gelu"
     implementation: str | None = None
 
@@ -189,7 +190,7 @@ class Transformer(nn.Module):
             raise ValueError(f"input width {x.shape[-1]} != transformer width {self.width}")
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        block = nn.remat(TransformerBlock) if self.remat else TransformerBlock
+        block = remat_block(TransformerBlock, self.remat)
         for i in range(self.depth):
             x = block(
                 num_heads=self.num_heads,

@@ -8,7 +8,8 @@ unsharded even though parameters put 'embed' on 'fsdp'.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -46,9 +47,37 @@ def logical_specs(boxed_tree: Any) -> Any:
     return nn.get_partition_spec(boxed_tree)
 
 
-def mesh_shardings(specs: Any, mesh: jax.sharding.Mesh, rules: Rules) -> Any:
-    """NamedShardings on `mesh` for a tree of logical PartitionSpecs."""
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+def fit_partition_spec(shape: Sequence[int], names: PartitionSpec, mesh_shape: Mapping[str, int],
+                       rules: Rules) -> PartitionSpec:
+    """Mesh PartitionSpec of an array of `shape` with logical `names`, resolved as Flax does
+    (rules in order, first match per name, each mesh axis used once) except that a rule whose
+    mesh axes do not divide the dimension is skipped, so a later rule for the name may apply."""
+    result: list[Any] = [None] * len(names)
+    assigned = [not isinstance(name, str) for name in names]
+    used: set[str] = set()
+    for name, target in rules:
+        if name not in names:
+            continue
+        pos = list(names).index(name)
+        if assigned[pos]:
+            continue
+        if target is None:
+            assigned[pos] = True
+            continue
+        mesh_axes = (target,) if isinstance(target, str) else tuple(target)
+        if used.intersection(mesh_axes) or shape[pos] % math.prod(mesh_shape[a] for a in mesh_axes):
+            continue
+        result[pos], assigned[pos] = target, True
+        used.update(mesh_axes)
+    return PartitionSpec(*result)
+
+
+def mesh_shardings(specs: Any, mesh: jax.sharding.Mesh, rules: Rules, shapes: Any) -> Any:
+    """NamedShardings on `mesh` for a tree of logical PartitionSpecs of arrays shaped as the
+    matching leaves of `shapes` (see `fit_partition_spec`)."""
+    return jax.tree.map(
+        lambda spec, x: NamedSharding(mesh, fit_partition_spec(x.shape, spec, mesh.shape, rules)),
+        specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules) -> NamedSharding:

@@ -31,7 +31,7 @@ def model_config() -> ml_collections.ConfigDict:
     """The `model` section of a CLIP config (sizes of a few-minute CPU model by default)."""
     m = ml_collections.ConfigDict()
     m.embed_dim = 128  # shared image/text embedding size
-    m.remat = False  # recompute transformer blocks in the backward pass (saves memory)
+    m.remat = "none"  # block rematerialisation: none | full | dots_saveable | ... (dalle2_jax.nn.remat)
     m.activation = "gelu"  # MLP activation: 'gelu' or 'quick_gelu' (OpenAI's CLIPs)
     m.vision = ml_collections.ConfigDict()
     m.vision.patch_size = 4  # ViT patch side; data.resolution must be a multiple

@@ -56,7 +56,7 @@ def model_config() -> ml_collections.ConfigDict:
     m.clip_tokens = 4  # context tokens projected from the CLIP embedding (paper: 4)
     m.coordinate_channels = False  # (x, y) input channels (not in the paper; see models/unet.py)
     m.clip_spatial = 0  # add a spatial projection of CLIP at this feature-map size (0 = off; not in the paper)
-    m.remat = False  # recompute activations in the backward pass
+    m.remat = "none"  # block rematerialisation: none | full | dots_saveable | ... (dalle2_jax.nn.remat)
     m.text = ml_collections.ConfigDict()
     m.text.width = 64  # caption encoder width (0 = no caption conditioning)
     m.text.depth = 1  # caption encoder blocks

@@ -56,7 +56,7 @@ def model_config() -> ml_collections.ConfigDict:
     m.depth = 4  # transformer blocks
     m.num_heads = 4  # attention heads
     m.mlp_ratio = 4.0  # MLP hidden / width
-    m.remat = False  # recompute blocks in the backward pass
+    m.remat = "none"  # block rematerialisation: none | full | dots_saveable | ... (dalle2_jax.nn.remat)
     return m
 
 

@@ -51,7 +51,7 @@ def model_config() -> ml_collections.ConfigDict:
     m.num_res_blocks = 1  # per level on the down path
     m.attention_resolutions = ()  # must stay empty: the model runs at crop and at full size
     m.dropout = 0.0
-    m.remat = False
+    m.remat = "none"  # block rematerialisation (dalle2_jax.nn.remat)
     return m
 
 

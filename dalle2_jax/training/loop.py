@@ -29,11 +29,12 @@ from jax.sharding import PartitionSpec
 from dalle2_jax import images
 from dalle2_jax.data import pipeline
 from dalle2_jax.parallel import mesh as mesh_lib
+from dalle2_jax.parallel import rules as rules_lib
 from dalle2_jax.parallel import sharding
 from dalle2_jax.stages.base import Stage
 from dalle2_jax.training import checkpoint as checkpoint_lib
 from dalle2_jax.training import metrics as metrics_lib
-from dalle2_jax.training import optim
+from dalle2_jax.training import optim, placement, throughput
 from dalle2_jax.training.state import TrainState
 
 
@@ -53,9 +54,10 @@ def _microbatches(batch: Any, count: int) -> Any:
 
 
 def make_train_step(stage: Stage, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    train_cfg: ml_collections.ConfigDict, ema_decay: float) -> Callable:
+                    train_cfg: ml_collections.ConfigDict, ema_decay: float, param_shardings: Any = None) -> Callable:
     """The pure step function (state, batch, frozen) -> (state, metrics) for `jax.jit`; `frozen` is
-    the stage's frozen parameters (or None), an input of the step that is never trained."""
+    the stage's frozen parameters (or None), an input of the step that is never trained.
+    `param_shardings` (optional) keeps the accumulated gradients sharded like the parameters."""
     accum = train_cfg.grad_accum_steps
     grad_fn = jax.value_and_grad(stage.loss, has_aux=True)
 
@@ -76,6 +78,8 @@ def make_train_step(stage: Stage, tx: optax.GradientTransformation, schedule: op
         micro = _microbatches(batch, accum)
         shapes = jax.eval_shape(lambda: body_shapes(params, micro, rng))
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        if param_shardings is not None:  # under FSDP, never a replicated gradient buffer
+            zeros = (*zeros[:2], jax.lax.with_sharding_constraint(zeros[2], param_shardings))
         total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
         return jax.tree.map(lambda x: x / accum, total)
 
@@ -143,14 +147,6 @@ def _state_specs(stage: Stage, tx: optax.GradientTransformation, abstract_state:
                       ema_params=None if abstract_state.ema_params is None else param_specs)
 
 
-def _cost_flops(compiled: Any) -> float:
-    """FLOPs of one call of a compiled (per-device, SPMD-partitioned) program; 0 if unknown."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0))
-
-
 class Inference:
     """Runs a jitted function over host-resident arrays in global batches (evaluation, and
     stages' preparation work such as precomputing CLIP embeddings).
@@ -198,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
     train_cfg = config.train
     num_steps = train_cfg.num_steps
     is_chief = jax.process_index() == 0
-    rules = sharding.rules_from_config(config.sharding.rules)
+    rules = rules_lib.rules_for_config(config)
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     logging.info("Mesh %s over %d devices (%s).", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
 
@@ -221,13 +217,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
     checkpointer = checkpoint_lib.Checkpointer(
         workdir / "checkpoints", keep=train_cfg.keep_checkpoints, use_async=train_cfg.async_checkpointing)
     batch_sharding = sharding.batch_sharding(mesh, rules)
+    # Before entering the mesh: on CPU this measures a matmul on devices of its own choosing.
+    peak_per_device = throughput.peak_flops_per_device(mesh.devices.flat[0], train_cfg.peak_flops_per_device)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         abstract_state = jax.eval_shape(make_state, init_rng)
         state_shardings = sharding.mesh_shardings(
-            _state_specs(stage, tx, abstract_state, init_rng), mesh, rules)
+            _state_specs(stage, tx, abstract_state, init_rng), mesh, rules, abstract_state)
+        placement.check_params_sharded(abstract_state.params, state_shardings.params, config)
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
-        logging.info("Parameters: %s (%.1f M).", f"{num_params:,}", num_params / 1e6)
+        state_bytes = placement.state_bytes_per_device(abstract_state, state_shardings)
+        logging.info("Parameters: %s (%.1f M); train state %.1f MiB per device (sharding.strategy=%s).",
+                     f"{num_params:,}", num_params / 1e6, state_bytes / 2**20, config.sharding.strategy)
 
         infer = Inference(batch_sharding, config.data.eval_batch_size)
         stage.prepare(infer)
@@ -274,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
             writer.close()
             return state, eval_metrics
 
-        train_step = make_train_step(stage, tx, schedule, train_cfg, ema_decay)
+        train_step = make_train_step(stage, tx, schedule, train_cfg, ema_decay, state_shardings.params)
         first_batch = sharding.global_batch(next(data_iterator), batch_sharding)
         frozen = stage.frozen_params()
         if frozen is not None:  # replicated: a frozen model the size of the trained one would need specs
@@ -288,12 +289,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
         ).lower(state, first_batch, frozen).compile()
         # XLA counts a loop body once: with gradient accumulation the microbatch scan runs
         # grad_accum_steps times (the optimizer update, counted as often, is negligible).
-        flops_per_device = _cost_flops(compiled) * train_cfg.grad_accum_steps
-        logging.info("Compiled the train step in %.1f s: %.3g model FLOPs per step (%.3g per device).",
-                     time.perf_counter() - started, flops_per_device * mesh.size, flops_per_device)
+        flops_per_device = throughput.cost_flops(compiled) * train_cfg.grad_accum_steps
+        memory = placement.compiled_memory(compiled)
+        logging.info("Compiled the train step in %.1f s: %.3g model FLOPs per step (%.3g per device, "
+                     "peak %.3g FLOP/s per device); memory per device: %s.", time.perf_counter() - started,
+                     flops_per_device * mesh.size, flops_per_device, peak_per_device,
+                     {k: f"{v / 2**20:.1f} MiB" for k, v in memory.items()})
         if is_chief:
             writer.write_scalars(step, {"model_flops_per_step": flops_per_device * mesh.size,
-                                        "num_params": float(num_params)})
+                                        "num_params": float(num_params), "peak_flops_per_device": peak_per_device,
+                                        "memory/state_bytes_per_device": float(state_bytes), **memory})
 
         timer = metrics_lib.StepTimer(step, num_steps)
         pending: list[dict[str, jax.Array]] = []
@@ -322,7 +327,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
                     scalars = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
                     scalars["train/skipped_steps"] = float(host[-1]["skipped_steps"])
                     scalars.update({f"train/{k}": v for k, v in timer.tick(step).items()})
-                    scalars["train/flops_per_sec_per_device"] = flops_per_device * scalars["train/steps_per_sec"]
+                    scalars.update({f"train/{k}": v for k, v in throughput.throughput_metrics(
+                        flops_per_device, scalars["train/steps_per_sec"], peak_per_device).items()})
                     writer.write_scalars(step, scalars)
                     pending = []
 

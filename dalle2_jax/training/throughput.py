@@ -1,0 +1,101 @@
+"""Throughput accounting: model FLOPs of a compiled step, per-device peak FLOP/s, and MFU.
+
+MFU (model FLOPs utilisation) = achieved FLOP/s per device / the device's peak FLOP/s. The
+FLOPs are XLA's count for the compiled, partitioned step (`Compiled.cost_analysis`), so a step
+with rematerialisation also counts the recomputed forward pass (strictly, hardware FLOPs).
+
+Peaks are dense bfloat16 matrix-unit figures from the vendors' data sheets, per chip (a TPU v4
+or v5p chip is one JAX device; an H100 or A100 is one GPU). On CPU there is no data sheet: the
+peak is this machine's measured float32 matmul rate (`matmul_flops_per_sec`), shared by the CPU
+devices the host is split into.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+# Dense bf16 peak FLOP/s per device, matched against `device.device_kind` (lower case, first
+# matching key wins, so the more specific keys come first).
+PEAK_FLOPS_PER_DEVICE = (
+    ("tpu v6 lite", 918e12),  # v6e (Trillium)
+    ("tpu v6e", 918e12),
+    ("tpu v5 lite", 197e12),  # v5e
+    ("tpu v5e", 197e12),
+    ("tpu v5p", 459e12),
+    ("tpu v5", 459e12),  # v5p reports itself as "TPU v5"
+    ("tpu v4", 275e12),
+    ("h200", 989e12),  # SXM, dense
+    ("h100", 989e12),  # SXM, dense (PCIe cards: 756e12, set train.peak_flops_per_device)
+    ("a100", 312e12),
+)
+
+
+def cost_flops(compiled: Any) -> float:
+    """FLOPs of one call of a compiled (per-device, SPMD-partitioned) program; 0 if unknown."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def _best_rate(fn: Callable, args: Sequence[jax.Array], flops: float, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - started)
+    return flops / best
+
+
+def matmul_flops_per_sec(n: int = 2048, repeats: int = 5,
+                         devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+    """Best f32 [n,n]x[n,n] matmul rate on one device, and with rows split over `devices`
+    (default: all); 'ceiling' is the larger of the two."""
+    devices = list(jax.devices() if devices is None else devices)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    flops = 2.0 * n**3
+    one = _best_rate(matmul, (jax.device_put(a, devices[0]), jax.device_put(b, devices[0])), flops, repeats)
+    mesh = jax.sharding.Mesh(devices, ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+    rows = jax.device_put(a, NamedSharding(mesh, PartitionSpec("x")))
+    full = jax.device_put(b, NamedSharding(mesh, PartitionSpec()))
+    sharded = _best_rate(matmul, (rows, full), flops, repeats)
+    return {"one_device": one, "all_devices": sharded, "ceiling": max(one, sharded)}
+
+
+@functools.cache
+def _cpu_ceiling(num_devices: int) -> float:
+    return matmul_flops_per_sec(n=1024, repeats=3, devices=jax.local_devices()[:num_devices])["ceiling"]
+
+
+def peak_flops_per_device(device: jax.Device, configured: float = 0.0) -> float:
+    """Peak FLOP/s of one `device`: `configured` if positive, else the table's figure, else (on
+    CPU) the measured matmul ceiling of this host divided among its CPU devices; 0 if unknown."""
+    if configured > 0:
+        return configured
+    kind = device.device_kind.lower()
+    for key, peak in PEAK_FLOPS_PER_DEVICE:
+        if key in kind:
+            return peak
+    if device.platform == "cpu":
+        count = jax.local_device_count()
+        return _cpu_ceiling(count) / count
+    return 0.0
+
+
+def throughput_metrics(flops_per_device: float, steps_per_sec: float, peak_per_device: float) -> dict[str, float]:
+    """Achieved FLOP/s per device and MFU (absent when the peak is unknown)."""
+    achieved = flops_per_device * steps_per_sec
+    metrics = {"flops_per_sec_per_device": achieved}
+    if peak_per_device > 0:
+        metrics["mfu"] = achieved / peak_per_device
+    return metrics
