@@ -1,0 +1,1 @@
+"""Launching: ahead-of-time TPU compile checks and multi-host launchers."""
