@@ -29,6 +29,8 @@ from typing import Any
 from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Compile-only use never touches a TPU: several checks (or tests) may load libtpu at once.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import importlib.util  # noqa: E402
 
