@@ -232,7 +232,8 @@ class StepCheck:
     alias_bytes: int  # outputs that reuse donated argument buffers
     temp_bytes: int
     code_bytes: int
-    flops_per_device: float  # one step, every gradient-accumulation microbatch included
+    flops: float  # one step, all devices: XLA's count of the step's HLO before optimisation
+    compiled_flops_per_device: float  # the optimised, partitioned program's own count
     compile_seconds: float
 
     @property
@@ -256,7 +257,7 @@ class StepCheck:
 
     @property
     def step_seconds_at_peak(self) -> float | None:
-        return None if self.peak_flops is None else self.flops_per_device / self.peak_flops
+        return None if self.peak_flops is None else self.flops / self.num_devices / self.peak_flops
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
@@ -300,12 +301,13 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         train_step = loop.make_train_step(stage, tx, schedule, config.train, ema_decay)
         started = time.perf_counter()
-        compiled = jax.jit(
+        lowered = jax.jit(
             train_step,
             in_shardings=(state_shardings, batch_sharding, None),
             out_shardings=(state_shardings, None),
             donate_argnums=(0,),
-        ).lower(_abstract(abstract_state, state_shardings), batch, frozen).compile()
+        ).lower(_abstract(abstract_state, state_shardings), batch, frozen)
+        compiled = lowered.compile()
         seconds = time.perf_counter() - started
     memory = compiled.memory_analysis()
     return StepCheck(
@@ -320,7 +322,8 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
         temp_bytes=memory.temp_size_in_bytes,
         code_bytes=memory.generated_code_size_in_bytes,
         # XLA counts a loop body once: the gradient-accumulation scan runs grad_accum_steps times.
-        flops_per_device=loop._cost_flops(compiled) * config.train.grad_accum_steps,
+        flops=loop._cost_flops(lowered) * config.train.grad_accum_steps,
+        compiled_flops_per_device=loop._cost_flops(compiled) * config.train.grad_accum_steps,
         compile_seconds=seconds,
     )
 
@@ -349,9 +352,9 @@ def format_report(check: StepCheck, config: ml_collections.ConfigDict) -> str:
         verdict = "fits" if check.fits else "DOES NOT FIT"
         total += f" of {check.hbm_bytes / GiB:.1f} GiB HBM ({check.total_bytes / check.hbm_bytes:.0%}): {verdict}"
     lines.append(total)
-    lines.append(f"FLOPs per step {check.flops_per_device * check.num_devices:.3e} "
-                 f"({check.flops_per_device:.3e} per device; XLA's count of the compiled step, "
-                 "rematerialised recomputation included)")
+    lines.append(f"FLOPs per step {check.flops:.3e} (XLA's count of the step before optimisation, "
+                 "rematerialised recomputation included; the compiled program counts "
+                 f"{check.compiled_flops_per_device * check.num_devices:.3e})")
     if check.step_seconds_at_peak is not None:
         lines.append(f"step time at peak {check.step_seconds_at_peak:.3f} s "
                      f"({check.peak_flops / 1e12:.1f} TFLOP/s bf16 per device)")

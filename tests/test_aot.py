@@ -78,7 +78,8 @@ def _check(topology: str, **memory) -> aot.StepCheck:
     parsed = aot.parse_topology(topology)
     devices = parsed.chips * (2 if parsed.chip.name == "v4" else 1)
     return aot.StepCheck(topology=parsed, device_kind="TPU", num_devices=devices, mesh={"data": 1, "fsdp": devices,
-                         "tensor": 1}, num_params=10**9, flops_per_device=4.59e14, compile_seconds=1.0, **fields)
+                         "tensor": 1}, num_params=10**9, flops=4.59e14 * devices,
+                         compiled_flops_per_device=4e14, compile_seconds=1.0, **fields)
 
 
 def test_report_compares_memory_with_hbm_and_times_the_flops_at_peak():
@@ -88,7 +89,7 @@ def test_report_compares_memory_with_hbm_and_times_the_flops_at_peak():
     report = aot.format_report(check, config)
     assert "total              15.00 GiB of 95.0 GiB HBM (16%): fits" in report
     assert "step time at peak 1.000 s (459.0 TFLOP/s bf16 per device)" in report
-    assert "FLOPs per step 1.836e+15" in report  # 4 chips
+    assert "FLOPs per step 1.836e+15" in report and "the compiled program counts 1.600e+15" in report  # 4 chips
     # libtpu's v4 has one device per TensorCore: each gets half a chip's HBM and peak.
     v4 = _check("v4-8", temp_bytes=20 * aot.GiB)
     assert v4.hbm_bytes == 16 * aot.GiB and v4.peak_flops == pytest.approx(137.5e12) and not v4.fits
@@ -97,7 +98,7 @@ def test_report_compares_memory_with_hbm_and_times_the_flops_at_peak():
 
 def test_cpu_compile_accounts_memory_and_flops_of_the_real_train_step():
     """The tiny CLIP's train step on 8 CPU devices: with FSDP the per-device arguments (train
-    state and batch) shrink to about 1/8 of data parallel's."""
+    state and batch) shrink to about 1/8 of data parallel's; the step's FLOPs stay."""
     data = aot.run(tiny_clip(**{"mesh.data": 8, "mesh.fsdp": 1}), "cpu-8")
     fsdp = aot.run(tiny_clip(**{"mesh.data": 1, "mesh.fsdp": 8}), "cpu-8")
     assert data.mesh == {"data": 8, "fsdp": 1, "tensor": 1} and fsdp.mesh["fsdp"] == 8
@@ -107,8 +108,10 @@ def test_cpu_compile_accounts_memory_and_flops_of_the_real_train_step():
     ratio = fsdp.argument_bytes / data.argument_bytes
     print(f"per-device argument bytes, FSDP / data parallel: {ratio:.3f}")
     assert 1 / 8 <= ratio < 0.25
+    # Counted before partitioning, the step's FLOPs do not depend on the mesh.
+    assert fsdp.flops == pytest.approx(data.flops, rel=1e-6)
     for check in (data, fsdp):
-        assert check.flops_per_device > 0 and check.temp_bytes > 0 and check.hbm_bytes is None
+        assert check.flops > 0 and check.temp_bytes > 0 and check.hbm_bytes is None
         assert check.total_bytes > check.argument_bytes
 
 
@@ -144,5 +147,5 @@ def test_cli_reports_bad_input_in_one_line():
 def test_tpu_compile_of_the_tiny_clip_for_a_v5e_slice():
     check = aot.run(tiny_clip(**{"mesh.data": 1, "mesh.fsdp": -1}), "v5e-4")
     assert check.num_devices == 4 and check.device_kind.startswith("TPU v5")
-    assert check.hbm_bytes == 16 * aot.GiB and check.fits and check.flops_per_device > 0
+    assert check.hbm_bytes == 16 * aot.GiB and check.fits and check.flops > 0
     assert "fits" in aot.format_report(check, tiny_clip())
