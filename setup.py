@@ -8,7 +8,7 @@ setup(
     description="DALL-E 2 (unCLIP) training and sampling in JAX/Flax",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["dalle2_jax", "dalle2_jax.*"]),
+    packages=find_packages(include=["dalle2_jax", "dalle2_jax.*", "launch", "launch.*"]),
     python_requires=">=3.11",
     # Lower bounds are the versions tested (Python 3.11, 2026-11); no upper bounds until
     # something breaks.
@@ -35,7 +35,13 @@ setup(
         "regex>=2024.4.16",
         "safetensors>=0.4.3",
     ],
-    extras_require={"test": ["pytest>=8.0", "ruff>=0.15"]},
+    extras_require={
+        "test": ["pytest>=8.0", "ruff>=0.15"],
+        # `python -m launch.aot`: compiling for TPU topologies without a TPU needs the libtpu
+        # that the installed jax's `tpu` extra names (a 213 MB wheel for jax 0.10.2, so it is
+        # not part of the test extras; its test is skipped without it).
+        "tpu_aot": ["jax[tpu]>=0.10.2"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",

@@ -1,0 +1,422 @@
+"""Ahead-of-time check of a training config for a TPU pod slice, from a machine without a TPU.
+
+    python -m launch.aot --config=configs/paper/decoder_3p5b.py --topology=v5p-256 \
+        [--config.mesh.data=8 --config.mesh.fsdp=16 ...]
+
+Compiles the real train step (`training.loop.make_train_step`, with the state and batch
+shardings the loop uses) for the topology's devices with `libtpu`'s compile-only TPU client, and
+prints per-device memory (arguments, outputs, temporaries, total against the device's HBM), the
+compiled FLOPs of one step and the time those FLOPs take at the device's bf16 peak. Nothing of
+the model's size is allocated: parameters, optimizer state and batch are abstract
+(`jax.ShapeDtypeStruct`s), the data is one synthetic example of the configured shapes, and a
+prior or decoder conditions on a CLIP built from `--clip_config` with abstract parameters.
+
+Topologies: Cloud TPU accelerator types (`v4-N`, `v5p-N`: N TensorCores, two per chip;
+`v5litepod-N`, `v5e-N`, `v6e-N`: N chips), a chip grid (`v5p:4x4x8`, `v6e:16x16`), or `cpu-N`
+(N local CPU devices: the same code path without libtpu, for tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from unittest import mock
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Compile-only use never touches a TPU: several checks (or tests) may load libtpu at once.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import importlib.util  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+GiB = 1024**3
+
+
+class AotError(ValueError):
+    """Bad input to the AOT check (topology, mesh, missing libtpu); the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipKind:
+    """A TPU generation: HBM and dense bf16 peak per chip, and how Cloud names its slices."""
+
+    name: str
+    libtpu_name: str  # the generation's name in libtpu topology strings
+    hbm_bytes: int
+    peak_flops: float  # bf16, per chip
+    grid_dims: int  # 3D torus (v4, v5p) or 2D (v5e, v6e)
+    cores_per_chip_in_name: int  # Cloud's `v5p-N` counts TensorCores (2 per chip), `v6e-N` chips
+
+
+CHIPS = {
+    "v4": ChipKind("v4", "v4", 32 * GiB, 275e12, 3, 2),
+    "v5p": ChipKind("v5p", "v5p", 95 * GiB, 459e12, 3, 2),
+    "v5e": ChipKind("v5e", "v5e", 16 * GiB, 197e12, 2, 1),
+    "v6e": ChipKind("v6e", "v6e", 32 * GiB, 918e12, 2, 1),
+}
+ALIASES = {"v5litepod": "v5e"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A pod slice (`chip` None: `chips` local CPU devices)."""
+
+    name: str
+    chip: ChipKind | None
+    grid: tuple[int, ...]
+
+    @property
+    def chips(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def libtpu_name(self) -> str:
+        return f"{self.chip.libtpu_name}:{'x'.join(map(str, self.grid))}"
+
+
+def chip_grid(chips: int, dims: int) -> tuple[int, ...]:
+    """The usual torus shape of `chips` chips (a power of two): 4 -> 2x2x1, 64 -> 4x4x4,
+    256 -> 4x8x8 in 3D; 8 -> 2x4, 256 -> 16x16 in 2D (each doubling doubles the last smallest axis)."""
+    start = (2, 2, 1) if dims == 3 else (1, 1)
+    if chips < math.prod(start) or chips & (chips - 1):
+        smallest = math.prod(start)
+        raise AotError(f"--topology: {chips} chips; slices have a power of two of chips, at least {smallest}")
+    grid = list(start)
+    while math.prod(grid) < chips:
+        smallest = min(grid)
+        grid[len(grid) - 1 - grid[::-1].index(smallest)] *= 2
+    return tuple(grid)
+
+
+def parse_topology(name: str) -> Topology:
+    """`v5p-256` (Cloud accelerator type), `v5p:4x4x8` (chip grid) or `cpu-8`; AotError otherwise."""
+    known = ", ".join([*CHIPS, *ALIASES, "cpu"])
+    match = re.fullmatch(r"([a-z0-9]+)(?:-(\d+)|:(\d+(?:x\d+)+))", name.strip())
+    if not match:
+        raise AotError(f"--topology={name!r}: expected KIND-N (e.g. v5p-256), KIND:GRID (e.g. v5p:4x4x8) or "
+                       f"cpu-N, with KIND one of {known}")
+    kind, count, grid = match.groups()
+    if kind == "cpu":
+        if count is None or int(count) < 1:
+            raise AotError(f"--topology={name!r}: a CPU topology is cpu-N, N >= 1 local CPU devices")
+        return Topology(name, None, (int(count),))
+    chip = CHIPS.get(ALIASES.get(kind, kind))
+    if chip is None:
+        raise AotError(f"--topology={name!r}: unknown TPU kind {kind!r}; known: {known}")
+    if grid is not None:
+        dims = tuple(int(d) for d in grid.split("x"))
+        if len(dims) != chip.grid_dims or min(dims) < 1:
+            raise AotError(f"--topology={name!r}: a {chip.name} grid has {chip.grid_dims} positive sizes")
+        return Topology(name, chip, dims)
+    cores = int(count)
+    if cores % chip.cores_per_chip_in_name:
+        raise AotError(f"--topology={name!r}: {kind}-N counts TensorCores, {chip.cores_per_chip_in_name} per chip")
+    return Topology(name, chip, chip_grid(cores // chip.cores_per_chip_in_name, chip.grid_dims))
+
+
+def topology_devices(topology: Topology) -> list[jax.Device]:
+    """The devices to compile for: compile-only TPU devices from libtpu, or local CPU devices."""
+    if topology.chip is None:
+        devices = jax.devices("cpu")
+        if len(devices) < topology.chips:
+            raise AotError(f"--topology={topology.name}: only {len(devices)} CPU devices in this process")
+        return devices[: topology.chips]
+    if importlib.util.find_spec("libtpu") is None:
+        raise AotError(f"--topology={topology.name}: compiling for TPU needs libtpu; pip install "
+                       f"'jax[tpu]=={jax.__version__}' (the libtpu of this jax; or the extra dalle2_jax[tpu_aot])")
+    from jax.experimental import topologies
+
+    return list(topologies.get_topology_desc(topology_name=topology.libtpu_name, platform="tpu").devices)
+
+
+# --- the stage, without data or a trained CLIP ------------------------------------------------------
+def synthetic_example(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """One image-caption example of the configured resolution, standing in for the dataset."""
+    size = config.data.resolution
+    return {"image": np.zeros((size, size, 3), np.uint8), "caption": b"a synthetic caption"}
+
+
+@contextmanager
+def synthetic_data(config: ml_collections.ConfigDict) -> Iterator[None]:
+    """Every split the stages open is one synthetic example: nothing is read or generated."""
+    from dalle2_jax.data import pipeline
+
+    def open_splits(data_cfg, splits: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        del data_cfg
+        return {split: [synthetic_example(config)] for split in splits}
+
+    with mock.patch.object(pipeline, "open_splits", open_splits):
+        yield
+
+
+def abstract_clip(clip_config: ml_collections.ConfigDict) -> Any:
+    """A `FrozenClip` built from a CLIP config, with abstract (shape-only) float32 parameters."""
+    from dalle2_jax.data.tokenizer import make_tokenizer
+    from dalle2_jax.models.clip import CLIP
+    from dalle2_jax.parallel import sharding
+    from dalle2_jax.stages.clip import resolved_model_config
+    from dalle2_jax.stages.frozen_clip import FrozenClip
+
+    clip = FrozenClip.__new__(FrozenClip)
+    clip.config = clip_config
+    clip.tokenizer = make_tokenizer(clip_config.tokenizer)
+    clip.model = CLIP.from_config(resolved_model_config(clip_config, clip.tokenizer),
+                                  dtype=jnp.dtype(clip_config.dtype))
+    vision = clip_config.model.vision
+    clip.image_mean, clip.image_std = tuple(vision.get("image_mean", ())), tuple(vision.get("image_std", ()))
+    clip.embed_dim = int(clip_config.model.embed_dim)
+    clip.text_width = int(clip_config.model.text.width)
+    clip.context_length = int(clip.tokenizer.context_length)
+    size = clip_config.data.resolution
+    clip.params = sharding.unbox_abstract(jax.eval_shape(
+        lambda: clip.model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                jnp.zeros((1, clip.context_length), jnp.int32))["params"]))
+    return clip
+
+
+def make_abstract_stage(config: ml_collections.ConfigDict, clip_config: ml_collections.ConfigDict | None) -> Any:
+    """The config's stage on synthetic data (and, for a prior or decoder, on `abstract_clip`)."""
+    from dalle2_jax.stages import make_stage
+    from dalle2_jax.stages.decoder import DecoderStage
+    from dalle2_jax.stages.prior import PriorStage
+
+    clip_conditioned = {"prior": PriorStage, "decoder": DecoderStage}
+    with synthetic_data(config):
+        if config.stage not in clip_conditioned:
+            return make_stage(config)
+        if clip_config is None:
+            raise AotError(f"--clip_config: the {config.stage} stage conditions on a CLIP; name its config file")
+        return clip_conditioned[config.stage](config, clip=abstract_clip(clip_config))
+
+
+def example_shapes(stage: Any, config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of one training example, from the stage's own per-example transform."""
+    from dalle2_jax.stages.prior import PriorStage
+
+    if isinstance(stage, PriorStage) and not stage.on_the_fly:
+        # Precomputed embeddings are what the frozen CLIP's `encode` writes for an example.
+        inputs = {k: v[None] for k, v in stage.clip.example(synthetic_example(config)).items()
+                  if k in ("image", "tokens")}
+        encoded = jax.eval_shape(stage.clip.encode, stage.clip.params, inputs)
+        return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in encoded.items()}
+    with synthetic_data(config):
+        source, transform = stage.train_data()
+        example = transform(source[0])
+    return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in example.items()}
+
+
+# --- compiling the real train step --------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StepCheck:
+    """What the compiled train step needs per device, and its FLOPs."""
+
+    topology: Topology
+    device_kind: str
+    num_devices: int
+    mesh: dict[str, int]
+    num_params: int
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int  # outputs that reuse donated argument buffers
+    temp_bytes: int
+    code_bytes: int
+    flops: float  # one step, all devices: XLA's count of the step's HLO before optimisation
+    compiled_flops_per_device: float  # the optimised, partitioned program's own count
+    compile_seconds: float
+
+    @property
+    def total_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+
+    @property
+    def hbm_bytes(self) -> float | None:
+        """HBM per device (a chip's, split over its devices: libtpu's v4 has one per TensorCore)."""
+        chip = self.topology.chip
+        return None if chip is None else chip.hbm_bytes * self.topology.chips / self.num_devices
+
+    @property
+    def peak_flops(self) -> float | None:
+        chip = self.topology.chip
+        return None if chip is None else chip.peak_flops * self.topology.chips / self.num_devices
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.hbm_bytes is None else self.total_bytes <= self.hbm_bytes
+
+    @property
+    def step_seconds_at_peak(self) -> float | None:
+        return None if self.peak_flops is None else self.flops / self.num_devices / self.peak_flops
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
+
+
+def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: Topology,
+                     devices: Sequence[jax.Device]) -> StepCheck:
+    """Compiles `training.loop`'s train step for `devices` with abstract state and batch, as the
+    loop shards them (state by its logical specs, batch over the batch axes, frozen replicated)."""
+    import time
+
+    from dalle2_jax.parallel import mesh as mesh_lib
+    from dalle2_jax.parallel import sharding
+    from dalle2_jax.training import loop, optim
+    from dalle2_jax.training.state import TrainState
+
+    rules = sharding.rules_from_config(config.sharding.rules)
+    mesh = mesh_lib.make_mesh(config.mesh, devices)
+    tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+    ema_decay = config.optim.ema_decay
+    init_rng, train_rng, _ = jax.random.split(jax.random.key(config.seed), 3)
+
+    def make_state(rng):  # as in loop.train_and_evaluate
+        params = sharding.unbox_abstract(stage.init_params(rng))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jax.random.key_data(train_rng), ema_params=params if ema_decay > 0 else None)
+
+    # Outside the mesh context: optax initialises eagerly, which compile-only devices cannot run.
+    with nn.logical_axis_rules(rules):
+        abstract_state = jax.eval_shape(make_state, init_rng)
+        state_specs = loop._state_specs(stage, tx, abstract_state, init_rng)
+    state_shardings = sharding.mesh_shardings(state_specs, mesh, rules)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    batch = {k: jax.ShapeDtypeStruct((config.data.batch_size, *v.shape), v.dtype, sharding=batch_sharding)
+             for k, v in example_shapes(stage, config).items()}
+    frozen = stage.frozen_params()
+    if frozen is not None:
+        frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+            np.shape(x), x.dtype, sharding=NamedSharding(mesh, PartitionSpec())), frozen)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        train_step = loop.make_train_step(stage, tx, schedule, config.train, ema_decay)
+        started = time.perf_counter()
+        lowered = jax.jit(
+            train_step,
+            in_shardings=(state_shardings, batch_sharding, None),
+            out_shardings=(state_shardings, None),
+            donate_argnums=(0,),
+        ).lower(_abstract(abstract_state, state_shardings), batch, frozen)
+        compiled = lowered.compile()
+        seconds = time.perf_counter() - started
+    memory = compiled.memory_analysis()
+    return StepCheck(
+        topology=topology,
+        device_kind=devices[0].device_kind,
+        num_devices=len(devices),
+        mesh=dict(mesh.shape),
+        num_params=sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state.params)),
+        argument_bytes=memory.argument_size_in_bytes,
+        output_bytes=memory.output_size_in_bytes,
+        alias_bytes=memory.alias_size_in_bytes,
+        temp_bytes=memory.temp_size_in_bytes,
+        code_bytes=memory.generated_code_size_in_bytes,
+        # XLA counts a loop body once: the gradient-accumulation scan runs grad_accum_steps times.
+        flops=loop._cost_flops(lowered) * config.train.grad_accum_steps,
+        compiled_flops_per_device=loop._cost_flops(compiled) * config.train.grad_accum_steps,
+        compile_seconds=seconds,
+    )
+
+
+def format_report(check: StepCheck, config: ml_collections.ConfigDict) -> str:
+    """The human-readable report: memory per device against HBM, FLOPs, step time at peak."""
+    topo = check.topology
+    where = (f"{check.num_devices} local CPU devices" if topo.chip is None else
+             f"{topo.chips} {topo.chip.name} chips (grid {'x'.join(map(str, topo.grid))}), "
+             f"{check.num_devices} devices of kind {check.device_kind!r}")
+    model = config.get("model", {})
+    lines = [
+        f"topology {topo.name}: {where}",
+        f"mesh {' '.join(f'{k}={v}' for k, v in check.mesh.items())}; dtype {config.dtype}; "
+        f"model.remat {model.get('remat', 'n/a')}; global batch {config.data.batch_size} "
+        f"(train.grad_accum_steps {config.train.grad_accum_steps})",
+        f"trained parameters {check.num_params:,}; compiled in {check.compile_seconds:.1f} s",
+        "memory per device:",
+        f"  arguments      {check.argument_bytes / GiB:9.2f} GiB",
+        f"  outputs        {(check.output_bytes - check.alias_bytes) / GiB:9.2f} GiB (beyond donated arguments)",
+        f"  temporaries    {check.temp_bytes / GiB:9.2f} GiB",
+        f"  generated code {check.code_bytes / GiB:9.2f} GiB",
+    ]
+    total = f"  total          {check.total_bytes / GiB:9.2f} GiB"
+    if check.hbm_bytes is not None:
+        verdict = "fits" if check.fits else "DOES NOT FIT"
+        total += f" of {check.hbm_bytes / GiB:.1f} GiB HBM ({check.total_bytes / check.hbm_bytes:.0%}): {verdict}"
+    lines.append(total)
+    lines.append(f"FLOPs per step {check.flops:.3e} (XLA's count of the step before optimisation, "
+                 "rematerialised recomputation included; the compiled program counts "
+                 f"{check.compiled_flops_per_device * check.num_devices:.3e})")
+    if check.step_seconds_at_peak is not None:
+        lines.append(f"step time at peak {check.step_seconds_at_peak:.3f} s "
+                     f"({check.peak_flops / 1e12:.1f} TFLOP/s bf16 per device)")
+    return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, topology_name: str,
+        clip_config: ml_collections.ConfigDict | None = None) -> StepCheck:
+    """Parses the topology, checks the config against it, compiles; AotError or ConfigError on bad input."""
+    from dalle2_jax import config_schema
+    from dalle2_jax.parallel.mesh import ConfigError
+
+    topology = parse_topology(topology_name)
+    devices = topology_devices(topology)
+    try:
+        config_schema.validate(config, num_devices=len(devices), num_processes=1)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (--topology={topology.name} has {len(devices)} devices)") from None
+    stage = make_abstract_stage(config, clip_config)
+    return check_train_step(config, stage, topology, devices)
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file; AotError naming --clip_config if it is missing."""
+    if not os.path.isfile(path):
+        raise AotError(f"--clip_config={path}: no such file")
+    spec = importlib.util.spec_from_file_location("aot_clip_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def main(argv: Sequence[str]) -> None:
+    from absl import flags
+
+    from dalle2_jax.parallel.mesh import ConfigError
+
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+    config_arg = flags.FLAGS["config"].serialize().split("=", 1)[-1]
+    if not config_arg or not _TOPOLOGY.value:
+        sys.exit("error: --config and --topology are required")
+    if not os.path.isfile(config_arg.split(":", 1)[0]):
+        sys.exit(f"error: --config={config_arg}: no such file")
+    config = _CONFIG.value
+    try:
+        topology = parse_topology(_TOPOLOGY.value)
+        if topology.chip is None:  # before the CPU backend starts
+            jax.config.update("jax_num_cpu_devices", topology.chips)
+        clip_config = load_config_file(_CLIP_CONFIG.value) if config.stage in ("prior", "decoder") else None
+        check = run(config, _TOPOLOGY.value, clip_config)
+    except (AotError, ConfigError) as e:
+        sys.exit(f"error: {e}")
+    print(format_report(check, config))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (path[:arg]).")
+    _TOPOLOGY = flags.DEFINE_string("topology", None, "v5p-256, v5p:4x4x8, v6e-64, v4-128, ... or cpu-N.")
+    _CLIP_CONFIG = flags.DEFINE_string("clip_config", "configs/paper/clip_vit_h16.py",
+                                       "A prior's or decoder's CLIP (its config file; abstract parameters).")
+    app.run(main)
