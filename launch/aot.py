@@ -271,11 +271,12 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
     import time
 
     from dalle2_jax.parallel import mesh as mesh_lib
+    from dalle2_jax.parallel import rules as rules_lib
     from dalle2_jax.parallel import sharding
-    from dalle2_jax.training import loop, optim
+    from dalle2_jax.training import loop, optim, throughput
     from dalle2_jax.training.state import TrainState
 
-    rules = sharding.rules_from_config(config.sharding.rules)
+    rules = rules_lib.rules_for_config(config)
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
     ema_decay = config.optim.ema_decay
@@ -289,8 +290,8 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
     # Outside the mesh context: optax initialises eagerly, which compile-only devices cannot run.
     with nn.logical_axis_rules(rules):
         abstract_state = jax.eval_shape(make_state, init_rng)
-        state_specs = loop._state_specs(stage, tx, abstract_state, init_rng)
-    state_shardings = sharding.mesh_shardings(state_specs, mesh, rules)
+        state_specs = loop.state_specs(stage, tx, abstract_state, init_rng)
+    state_shardings = sharding.mesh_shardings(state_specs, mesh, rules, abstract_state)
     batch_sharding = sharding.batch_sharding(mesh, rules)
     batch = {k: jax.ShapeDtypeStruct((config.data.batch_size, *v.shape), v.dtype, sharding=batch_sharding)
              for k, v in example_shapes(stage, config).items()}
@@ -322,8 +323,8 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
         temp_bytes=memory.temp_size_in_bytes,
         code_bytes=memory.generated_code_size_in_bytes,
         # XLA counts a loop body once: the gradient-accumulation scan runs grad_accum_steps times.
-        flops=loop._cost_flops(lowered) * config.train.grad_accum_steps,
-        compiled_flops_per_device=loop._cost_flops(compiled) * config.train.grad_accum_steps,
+        flops=throughput.cost_flops(lowered) * config.train.grad_accum_steps,
+        compiled_flops_per_device=throughput.cost_flops(compiled) * config.train.grad_accum_steps,
         compile_seconds=seconds,
     )
 

@@ -135,7 +135,7 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _state_specs(stage: Stage, tx: optax.GradientTransformation, abstract_state: TrainState,
+def state_specs(stage: Stage, tx: optax.GradientTransformation, abstract_state: TrainState,
                  init_rng: jax.Array) -> TrainState:
     """Logical PartitionSpecs of every state leaf: parameters (and their EMA) by the names the
     model gave them, optimizer moments like their parameters, counters and RNG replicated."""
@@ -223,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         abstract_state = jax.eval_shape(make_state, init_rng)
         state_shardings = sharding.mesh_shardings(
-            _state_specs(stage, tx, abstract_state, init_rng), mesh, rules, abstract_state)
+            state_specs(stage, tx, abstract_state, init_rng), mesh, rules, abstract_state)
         placement.check_params_sharded(abstract_state.params, state_shardings.params, config)
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
         state_bytes = placement.state_bytes_per_device(abstract_state, state_shardings)
