@@ -274,7 +274,6 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
     from dalle2_jax.parallel import rules as rules_lib
     from dalle2_jax.parallel import sharding
     from dalle2_jax.training import loop, optim, throughput
-    from dalle2_jax.training.state import TrainState
 
     rules = rules_lib.rules_for_config(config)
     mesh = mesh_lib.make_mesh(config.mesh, devices)
@@ -282,10 +281,7 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
     ema_decay = config.optim.ema_decay
     init_rng, train_rng, _ = jax.random.split(jax.random.key(config.seed), 3)
 
-    def make_state(rng):  # as in loop.train_and_evaluate
-        params = sharding.unbox_abstract(stage.init_params(rng))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          rng=jax.random.key_data(train_rng), ema_params=params if ema_decay > 0 else None)
+    make_state = loop.initial_state_fn(stage, tx, ema_decay, train_rng)
 
     # Outside the mesh context: optax initialises eagerly, which compile-only devices cannot run.
     with nn.logical_axis_rules(rules):
@@ -302,12 +298,8 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         train_step = loop.make_train_step(stage, tx, schedule, config.train, ema_decay)
         started = time.perf_counter()
-        lowered = jax.jit(
-            train_step,
-            in_shardings=(state_shardings, batch_sharding, None),
-            out_shardings=(state_shardings, None),
-            donate_argnums=(0,),
-        ).lower(_abstract(abstract_state, state_shardings), batch, frozen)
+        lowered = loop.jit_train_step(train_step, state_shardings, batch_sharding).lower(
+            _abstract(abstract_state, state_shardings), batch, frozen)
         compiled = lowered.compile()
         seconds = time.perf_counter() - started
     memory = compiled.memory_analysis()

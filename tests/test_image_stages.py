@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dalle2_jax import config_schema
+from dalle2_jax.data.tokenizer import make_tokenizer
 from dalle2_jax.models.unet import count_params
 from dalle2_jax.parallel.mesh import ConfigError
 from dalle2_jax.stages import decoder, make_stage, upsampler
@@ -107,7 +108,7 @@ def test_paper_configs_have_the_papers_parameter_counts(path, paper):
         clip_config = load_config("configs/paper/clip_vit_h16.py")
         clip = SimpleNamespace(embed_dim=clip_config.model.embed_dim,
                                context_length=clip_config.tokenizer.context_length,
-                               tokenizer=SimpleNamespace(vocab_size=clip_config.tokenizer.vocab_size))
+                               tokenizer=make_tokenizer(clip_config.tokenizer))
         model_config = decoder.unet_config(config, clip)
     else:
         model_config = upsampler.unet_config(config, config.model.image_size)

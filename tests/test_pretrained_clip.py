@@ -234,7 +234,9 @@ def test_vit_l14_paper_configs_validate_and_build(path, tmp_path):
         assert 1.0e9 <= count < 1.3e9  # prior_1b.py's transformer; only the CLIP-facing layers shrink
     else:
         clip = SimpleNamespace(embed_dim=embed_dim, context_length=77,
-                               tokenizer=SimpleNamespace(vocab_size=ClipBpeTokenizer.vocab_size))
+                               tokenizer=SimpleNamespace(vocab_size=ClipBpeTokenizer.vocab_size,
+                                                         pad_id=ClipBpeTokenizer.pad_id,
+                                                         eot_id=ClipBpeTokenizer.eot_id))
         count = unet.count_params(decoder.unet_config(config, clip))
         assert abs(count - 3.5e9) / 3.5e9 < 0.15
     print(f"{path}: {count:,} parameters")

@@ -135,6 +135,25 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def initial_state_fn(stage: Stage, tx: optax.GradientTransformation, ema_decay: float,
+                     train_rng: jax.Array) -> Callable[[jax.Array], TrainState]:
+    """`make_state(init_rng)`: a fresh train state (the stage's initial parameters, the optimizer's
+    state, the training RNG and, with EMA, a copy of the parameters); jit or eval_shape it."""
+    def make_state(rng: jax.Array) -> TrainState:
+        params = sharding.unbox_abstract(stage.init_params(rng))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jax.random.key_data(train_rng), ema_params=params if ema_decay > 0 else None)
+
+    return make_state
+
+
+def jit_train_step(train_step: Callable, state_shardings: Any, batch_sharding: Any) -> Callable:
+    """`train_step(state, batch, frozen)` jitted as the loop runs it: the state sharded by its
+    specs and donated, the batch over the batch axes, frozen parameters where they are placed."""
+    return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, None),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+
 def state_specs(stage: Stage, tx: optax.GradientTransformation, abstract_state: TrainState,
                  init_rng: jax.Array) -> TrainState:
     """Logical PartitionSpecs of every state leaf: parameters (and their EMA) by the names the
@@ -203,15 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
     init_rng, train_rng, data_rng = jax.random.split(jax.random.key(config.seed), 3)
     data_seed = int(jax.random.randint(data_rng, (), 0, 2**31 - 1))
 
-    def make_state(rng):
-        params = sharding.unbox_abstract(stage.init_params(rng))
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=tx.init(params),
-            rng=jax.random.key_data(train_rng),
-            ema_params=params if ema_decay > 0 else None,
-        )
+    make_state = initial_state_fn(stage, tx, ema_decay, train_rng)
 
     writer = metrics_lib.make_writer(workdir, is_chief)
     checkpointer = checkpoint_lib.Checkpointer(
@@ -281,12 +292,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
         if frozen is not None:  # replicated: a frozen model the size of the trained one would need specs
             frozen = jax.device_put(frozen, jax.sharding.NamedSharding(mesh, PartitionSpec()))
         started = time.perf_counter()
-        compiled = jax.jit(
-            train_step,
-            in_shardings=(state_shardings, batch_sharding, None),
-            out_shardings=(state_shardings, None),
-            donate_argnums=(0,),
-        ).lower(state, first_batch, frozen).compile()
+        compiled = jit_train_step(train_step, state_shardings, batch_sharding).lower(
+            state, first_batch, frozen).compile()
         # XLA counts a loop body once: with gradient accumulation the microbatch scan runs
         # grad_accum_steps times (the optimizer update, counted as often, is negligible).
         flops_per_device = throughput.cost_flops(compiled) * train_cfg.grad_accum_steps
