@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable
 
+import jax
 import ml_collections
 from absl import logging
 from etils import epath
@@ -72,8 +73,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         train_stage: Callable[[ml_collections.ConfigDict, str], dict[str, float]]) -> dict:
     """Trains every stage not finished yet, in order; writes and returns the report."""
     root = epath.Path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(config.to_json(sort_keys=True, indent=2))  # the sampler reads the stages
+    is_chief = jax.process_index() == 0  # one host writes the run's own files; all train every stage
+    if is_chief:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "config.json").write_text(config.to_json(sort_keys=True, indent=2))  # the sampler reads the stages
     report_path = root / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     for name, stage_config in stage_configs(config, str(root)):
@@ -86,5 +89,6 @@ def run(config: ml_collections.ConfigDict, workdir: str,
             train_stage(stage_config, str(stage_dir))
             report.setdefault(name, {})["seconds"] = time.perf_counter() - started
         report.setdefault(name, {})["final_eval"] = last_eval(stage_dir)
-        report_path.write_text(json.dumps(report, indent=2, sort_keys=True))
+        if is_chief:
+            report_path.write_text(json.dumps(report, indent=2, sort_keys=True))
     return report

@@ -159,6 +159,8 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {e}")
     _prepare_devices(config)
 
+    import jax
+
     from dalle2_jax import config_schema, multistage
     from dalle2_jax.parallel.mesh import ConfigError
 
@@ -178,7 +180,8 @@ def main(argv: list[str]) -> None:
         started = time.perf_counter()
         report["samples"] = {**evaluate_text_to_image(workdir, config.samples),
                              "seconds": time.perf_counter() - started}
-        (epath.Path(workdir) / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+        if jax.process_index() == 0:
+            (epath.Path(workdir) / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         logging.info("Text-to-image samples in %s/samples/grid.png: %s", workdir, json.dumps(report["samples"]))
     logging.info("All stages done; report in %s/report.json: %s", workdir, json.dumps(report, sort_keys=True))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -57,7 +58,8 @@ def evaluate_text_to_image(workdir: str, cfg: ml_collections.ConfigDict) -> dict
     logging.info("Generating %d images for the final text-to-image evaluation.", len(prompts))
     pictures = pipeline.text_to_image([p for p, _, _ in prompts], seeds)
     records = [{"prompt": p, "seed": s, "group": g} for (p, _, g), s in zip(prompts, seeds)]
-    images.write_sample_dir(epath.Path(workdir) / "samples", pictures, records, columns=12)
+    if jax.process_index() == 0:
+        images.write_sample_dir(epath.Path(workdir) / "samples", pictures, records, columns=12)
     result: dict[str, Any] = {"image_size": int(pictures.shape[1])}
     for group in ("seen", "heldout"):
         chosen = [k for k, (_, _, g) in enumerate(prompts) if g == group]

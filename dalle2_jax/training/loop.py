@@ -28,9 +28,9 @@ from jax.sharding import PartitionSpec
 
 from dalle2_jax import images
 from dalle2_jax.data import pipeline
+from dalle2_jax.parallel import distributed, sharding
 from dalle2_jax.parallel import mesh as mesh_lib
 from dalle2_jax.parallel import rules as rules_lib
-from dalle2_jax.parallel import sharding
 from dalle2_jax.stages.base import Stage
 from dalle2_jax.training import checkpoint as checkpoint_lib
 from dalle2_jax.training import metrics as metrics_lib
@@ -243,6 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
 
         infer = Inference(batch_sharding, config.data.eval_batch_size)
         stage.prepare(infer)
+        # Host 0 writes what `prepare` computes (the prior's embeddings); every host then reads it.
+        distributed.barrier(f"{workdir} prepared")
         source, transform = stage.train_data()
         data_iterator = pipeline.train_iterator(
             source, transform, config.data.batch_size, data_seed,
