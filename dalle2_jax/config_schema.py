@@ -46,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype (params stay float32): float32 on CPU, bfloat16 on TPU/GPU
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "shapes"  # TFDS dataset; 'shapes' is built in and generated on first use
+    c.data.name = "shapes"  # TFDS dataset; 'shapes' is built in, generated on first use; 'synthetic': constant
     c.data.data_dir = ""  # TFDS data_dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
     c.data.resolution = 32  # shapes: image side in pixels (a power of two, 8..256)
     c.data.train_size = 50_000  # shapes: examples in the train split

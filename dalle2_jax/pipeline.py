@@ -108,7 +108,7 @@ class Pipeline:
                 raise ConfigError(f"--workdir={workdir!r}: the run has no finished {needed} stage "
                                   f"(stages: {sorted(dirs)})")
         clip_name = next(n for n, k in kinds.items() if k == "clip")
-        self.clip = FrozenClip(dirs[clip_name], field=f"--workdir ({clip_name})")
+        self.clip = FrozenClip.load(dirs[clip_name], field=f"--workdir ({clip_name})")
         self.params: dict[str, Any] = {}
         self.stages: dict[str, Any] = {}
         self.upsampler_names: list[str] = []

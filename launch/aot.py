@@ -8,8 +8,9 @@ shardings the loop uses) for the topology's devices with `libtpu`'s compile-only
 prints per-device memory (arguments, outputs, temporaries, total against the device's HBM), the
 compiled FLOPs of one step and the time those FLOPs take at the device's bf16 peak. Nothing of
 the model's size is allocated: parameters, optimizer state and batch are abstract
-(`jax.ShapeDtypeStruct`s), the data is one synthetic example of the configured shapes, and a
-prior or decoder conditions on a CLIP built from `--clip_config` with abstract parameters.
+(`jax.ShapeDtypeStruct`s), the data is `data.name=synthetic` (constant examples of the configured
+resolution: nothing is read), and a prior or decoder conditions on a CLIP built from
+`--clip_config` with abstract parameters.
 
 Topologies: Cloud TPU accelerator types (`v4-N`, `v5p-N`: N TensorCores, two per chip;
 `v5litepod-N`, `v5e-N`, `v6e-N`: N chips), a chip grid (`v5p:4x4x8`, `v6e:16x16`), or `cpu-N`
@@ -23,10 +24,8 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
-from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Compile-only use never touches a TPU: several checks (or tests) may load libtpu at once.
@@ -58,13 +57,16 @@ class ChipKind:
     peak_flops: float  # bf16, per chip
     grid_dims: int  # 3D torus (v4, v5p) or 2D (v5e, v6e)
     cores_per_chip_in_name: int  # Cloud's `v5p-N` counts TensorCores (2 per chip), `v6e-N` chips
+    # libtpu's chip configuration: v4 and v5p run JAX in megacore mode (the chip's two
+    # TensorCores are one device); libtpu's compile-only client defaults to a device per core.
+    chip_config: str
 
 
 CHIPS = {
-    "v4": ChipKind("v4", "v4", 32 * GiB, 275e12, 3, 2),
-    "v5p": ChipKind("v5p", "v5p", 95 * GiB, 459e12, 3, 2),
-    "v5e": ChipKind("v5e", "v5e", 16 * GiB, 197e12, 2, 1),
-    "v6e": ChipKind("v6e", "v6e", 32 * GiB, 918e12, 2, 1),
+    "v4": ChipKind("v4", "v4", 32 * GiB, 275e12, 3, 2, "megacore"),
+    "v5p": ChipKind("v5p", "v5p", 95 * GiB, 459e12, 3, 2, "megacore"),
+    "v5e": ChipKind("v5e", "v5e", 16 * GiB, 197e12, 2, 1, "default"),
+    "v6e": ChipKind("v6e", "v6e", 32 * GiB, 918e12, 2, 1, "default"),
 }
 ALIASES = {"v5litepod": "v5e"}
 
@@ -138,47 +140,27 @@ def topology_devices(topology: Topology) -> list[jax.Device]:
                        f"'jax[tpu]=={jax.__version__}' (the libtpu of this jax; or the extra dalle2_jax[tpu_aot])")
     from jax.experimental import topologies
 
-    return list(topologies.get_topology_desc(topology_name=topology.libtpu_name, platform="tpu").devices)
+    # One device per chip, as the slice runs: `mesh_utils` refuses a v4 with a device per core.
+    return list(topologies.get_topology_desc(topology_name=topology.libtpu_name, platform="tpu",
+                                             chip_config_name=topology.chip.chip_config).devices)
 
 
 # --- the stage, without data or a trained CLIP ------------------------------------------------------
-def synthetic_example(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """One image-caption example of the configured resolution, standing in for the dataset."""
-    size = config.data.resolution
-    return {"image": np.zeros((size, size, 3), np.uint8), "caption": b"a synthetic caption"}
-
-
-@contextmanager
-def synthetic_data(config: ml_collections.ConfigDict) -> Iterator[None]:
-    """Every split the stages open is one synthetic example: nothing is read or generated."""
+def on_synthetic_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` reading `data.name='synthetic'`: constant examples of its resolution."""
     from dalle2_jax.data import pipeline
 
-    def open_splits(data_cfg, splits: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-        del data_cfg
-        return {split: [synthetic_example(config)] for split in splits}
-
-    with mock.patch.object(pipeline, "open_splits", open_splits):
-        yield
+    copy = ml_collections.ConfigDict(config.to_dict())
+    copy.data.name = pipeline.SYNTHETIC
+    return copy
 
 
 def abstract_clip(clip_config: ml_collections.ConfigDict) -> Any:
     """A `FrozenClip` built from a CLIP config, with abstract (shape-only) float32 parameters."""
-    from dalle2_jax.data.tokenizer import make_tokenizer
-    from dalle2_jax.models.clip import CLIP
     from dalle2_jax.parallel import sharding
-    from dalle2_jax.stages.clip import resolved_model_config
     from dalle2_jax.stages.frozen_clip import FrozenClip
 
-    clip = FrozenClip.__new__(FrozenClip)
-    clip.config = clip_config
-    clip.tokenizer = make_tokenizer(clip_config.tokenizer)
-    clip.model = CLIP.from_config(resolved_model_config(clip_config, clip.tokenizer),
-                                  dtype=jnp.dtype(clip_config.dtype))
-    vision = clip_config.model.vision
-    clip.image_mean, clip.image_std = tuple(vision.get("image_mean", ())), tuple(vision.get("image_std", ()))
-    clip.embed_dim = int(clip_config.model.embed_dim)
-    clip.text_width = int(clip_config.model.text.width)
-    clip.context_length = int(clip.tokenizer.context_length)
+    clip = FrozenClip(clip_config, params=None, origin="--clip_config")
     size = clip_config.data.resolution
     clip.params = sharding.unbox_abstract(jax.eval_shape(
         lambda: clip.model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
@@ -187,33 +169,33 @@ def abstract_clip(clip_config: ml_collections.ConfigDict) -> Any:
 
 
 def make_abstract_stage(config: ml_collections.ConfigDict, clip_config: ml_collections.ConfigDict | None) -> Any:
-    """The config's stage on synthetic data (and, for a prior or decoder, on `abstract_clip`)."""
+    """The stage of `config` (which should read synthetic data; see `on_synthetic_data`), and, for a
+    prior or decoder, on `abstract_clip`."""
     from dalle2_jax.stages import make_stage
     from dalle2_jax.stages.decoder import DecoderStage
     from dalle2_jax.stages.prior import PriorStage
 
     clip_conditioned = {"prior": PriorStage, "decoder": DecoderStage}
-    with synthetic_data(config):
-        if config.stage not in clip_conditioned:
-            return make_stage(config)
-        if clip_config is None:
-            raise AotError(f"--clip_config: the {config.stage} stage conditions on a CLIP; name its config file")
-        return clip_conditioned[config.stage](config, clip=abstract_clip(clip_config))
+    if config.stage not in clip_conditioned:
+        return make_stage(config)
+    if clip_config is None:
+        raise AotError(f"--clip_config: the {config.stage} stage conditions on a CLIP; name its config file")
+    return clip_conditioned[config.stage](config, clip=abstract_clip(clip_config))
 
 
-def example_shapes(stage: Any, config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+def example_shapes(stage: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes and dtypes of one training example, from the stage's own per-example transform."""
+    from dalle2_jax.data import pipeline
     from dalle2_jax.stages.prior import PriorStage
 
     if isinstance(stage, PriorStage) and not stage.on_the_fly:
         # Precomputed embeddings are what the frozen CLIP's `encode` writes for an example.
-        inputs = {k: v[None] for k, v in stage.clip.example(synthetic_example(config)).items()
-                  if k in ("image", "tokens")}
+        example = pipeline.SyntheticSource(stage.config.data.resolution)[0]
+        inputs = {k: v[None] for k, v in stage.clip.example(example).items() if k in ("image", "tokens")}
         encoded = jax.eval_shape(stage.clip.encode, stage.clip.params, inputs)
         return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in encoded.items()}
-    with synthetic_data(config):
-        source, transform = stage.train_data()
-        example = transform(source[0])
+    source, transform = stage.train_data()
+    example = transform(source[0])
     return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in example.items()}
 
 
@@ -242,7 +224,7 @@ class StepCheck:
 
     @property
     def hbm_bytes(self) -> float | None:
-        """HBM per device (a chip's, split over its devices: libtpu's v4 has one per TensorCore)."""
+        """HBM per device (a chip's: every kind here runs one device per chip)."""
         chip = self.topology.chip
         return None if chip is None else chip.hbm_bytes * self.topology.chips / self.num_devices
 
@@ -262,6 +244,18 @@ class StepCheck:
 
 def _abstract(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
+
+
+def hlo_flops(train_step: Any, rules: Any, abstract_args: tuple) -> float:
+    """XLA's FLOP count of the whole step's HLO before optimisation, lowered for one CPU device:
+    libtpu's compile-only client has no cost analysis of a lowered program (it returns None)."""
+    from dalle2_jax.parallel.mesh import MESH_AXES
+    from dalle2_jax.training import throughput
+
+    one_device = jax.sharding.Mesh(np.asarray(jax.devices("cpu")[:1]).reshape((1,) * len(MESH_AXES)), MESH_AXES)
+    unsharded = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_args)
+    with jax.set_mesh(one_device), nn.logical_axis_rules(rules):
+        return throughput.cost_flops(jax.jit(train_step).lower(*unsharded))
 
 
 def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: Topology,
@@ -290,7 +284,7 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
     state_shardings = sharding.mesh_shardings(state_specs, mesh, rules, abstract_state)
     batch_sharding = sharding.batch_sharding(mesh, rules)
     batch = {k: jax.ShapeDtypeStruct((config.data.batch_size, *v.shape), v.dtype, sharding=batch_sharding)
-             for k, v in example_shapes(stage, config).items()}
+             for k, v in example_shapes(stage).items()}
     frozen = stage.frozen_params()
     if frozen is not None:
         frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
@@ -303,6 +297,7 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
         compiled = lowered.compile()
         seconds = time.perf_counter() - started
     memory = compiled.memory_analysis()
+    flops = hlo_flops(train_step, rules, (abstract_state, batch, frozen))
     return StepCheck(
         topology=topology,
         device_kind=devices[0].device_kind,
@@ -315,7 +310,7 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
         temp_bytes=memory.temp_size_in_bytes,
         code_bytes=memory.generated_code_size_in_bytes,
         # XLA counts a loop body once: the gradient-accumulation scan runs grad_accum_steps times.
-        flops=throughput.cost_flops(lowered) * config.train.grad_accum_steps,
+        flops=flops * config.train.grad_accum_steps,
         compiled_flops_per_device=throughput.cost_flops(compiled) * config.train.grad_accum_steps,
         compile_seconds=seconds,
     )
@@ -366,8 +361,8 @@ def run(config: ml_collections.ConfigDict, topology_name: str,
         config_schema.validate(config, num_devices=len(devices), num_processes=1)
     except ConfigError as e:
         raise ConfigError(f"{e} (--topology={topology.name} has {len(devices)} devices)") from None
-    stage = make_abstract_stage(config, clip_config)
-    return check_train_step(config, stage, topology, devices)
+    config = on_synthetic_data(config)
+    return check_train_step(config, make_abstract_stage(config, clip_config), topology, devices)
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:

@@ -76,7 +76,7 @@ def _check(topology: str, **memory) -> aot.StepCheck:
                   temp_bytes=5 * aot.GiB, code_bytes=0)
     fields.update(memory)
     parsed = aot.parse_topology(topology)
-    devices = parsed.chips * (2 if parsed.chip.name == "v4" else 1)
+    devices = parsed.chips
     return aot.StepCheck(topology=parsed, device_kind="TPU", num_devices=devices, mesh={"data": 1, "fsdp": devices,
                          "tensor": 1}, num_params=10**9, flops=4.59e14 * devices,
                          compiled_flops_per_device=4e14, compile_seconds=1.0, **fields)
@@ -90,9 +90,9 @@ def test_report_compares_memory_with_hbm_and_times_the_flops_at_peak():
     assert "total              15.00 GiB of 95.0 GiB HBM (16%): fits" in report
     assert "step time at peak 1.000 s (459.0 TFLOP/s bf16 per device)" in report
     assert "FLOPs per step 1.836e+15" in report and "the compiled program counts 1.600e+15" in report  # 4 chips
-    # libtpu's v4 has one device per TensorCore: each gets half a chip's HBM and peak.
-    v4 = _check("v4-8", temp_bytes=20 * aot.GiB)
-    assert v4.hbm_bytes == 16 * aot.GiB and v4.peak_flops == pytest.approx(137.5e12) and not v4.fits
+    # v4 runs one (megacore) device per chip: each has the chip's HBM and peak.
+    v4 = _check("v4-8", temp_bytes=40 * aot.GiB)
+    assert v4.hbm_bytes == 32 * aot.GiB and v4.peak_flops == pytest.approx(275e12) and not v4.fits
     assert "DOES NOT FIT" in aot.format_report(v4, config)
 
 
@@ -122,16 +122,19 @@ def test_decoder_conditions_on_an_abstract_clip_and_prior_reads_encoded_shapes()
     clip = aot.abstract_clip(clip_config)
     assert clip.embed_dim == 16 and all(hasattr(x, "shape") and not hasattr(x, "addressable_shards")
                                         for x in aot.jax.tree.leaves(clip.params))
-    prior_config = set_fields(load_config("configs/shapes/prior.py"),
-                              {"clip.workdir": "unused", "model.width": 16, "model.depth": 1, "model.num_heads": 2})
+    prior_config = aot.on_synthetic_data(set_fields(
+        load_config("configs/shapes/prior.py"),
+        {"clip.workdir": "unused", "model.width": 16, "model.depth": 1, "model.num_heads": 2,
+         "data.data_dir": "/nonexistent"}))
     prior = aot.make_abstract_stage(prior_config, clip_config)
-    shapes = {k: (v.shape, str(v.dtype)) for k, v in aot.example_shapes(prior, prior_config).items()}
+    shapes = {k: (v.shape, str(v.dtype)) for k, v in aot.example_shapes(prior).items()}
     assert shapes == {"image_embed": ((16,), "float32"), "text_embed": ((16,), "float32"),
                       "text_encodings": ((16, 16), "float32"), "text_mask": ((16,), "bool")}
-    decoder_config = set_fields(load_config("configs/shapes/decoder.py"),
-                                {**TINY_DECODER_OVERRIDES, "clip.workdir": "unused"})
+    decoder_config = aot.on_synthetic_data(set_fields(
+        load_config("configs/shapes/decoder.py"),
+        {**TINY_DECODER_OVERRIDES, "clip.workdir": "unused", "data.data_dir": "/nonexistent"}))
     decoder = aot.make_abstract_stage(decoder_config, clip_config)
-    assert set(aot.example_shapes(decoder, decoder_config)) == {"image", "tokens"}
+    assert set(aot.example_shapes(decoder)) == {"image", "tokens"}
     with pytest.raises(aot.AotError, match="--clip_config"):
         aot.make_abstract_stage(decoder_config, None)
 
@@ -144,8 +147,11 @@ def test_cli_reports_bad_input_in_one_line():
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu not installed (pip install -e '.[tpu_aot]')")
-def test_tpu_compile_of_the_tiny_clip_for_a_v5e_slice():
-    check = aot.run(tiny_clip(**{"mesh.data": 1, "mesh.fsdp": -1}), "v5e-4")
-    assert check.num_devices == 4 and check.device_kind.startswith("TPU v5")
-    assert check.hbm_bytes == 16 * aot.GiB and check.fits and check.flops > 0
+@pytest.mark.parametrize("topology,chips,kind,hbm_gib", [("v5e-4", 4, "TPU v5", 16), ("v4-8", 4, "TPU v4", 32),
+                                                          ("v5p-8", 4, "TPU v5", 95)])
+def test_tpu_compile_of_the_tiny_clip_for_a_slice(topology, chips, kind, hbm_gib):
+    """One device per chip on every kind: v4 and v5p in megacore mode, as they run JAX."""
+    check = aot.run(tiny_clip(**{"mesh.data": 1, "mesh.fsdp": -1}), topology)
+    assert check.num_devices == chips and check.device_kind.startswith(kind)
+    assert check.hbm_bytes == hbm_gib * aot.GiB and check.fits and check.flops > 0
     assert "fits" in aot.format_report(check, tiny_clip())

@@ -152,7 +152,7 @@ def converted_dir(tmp_path_factory):
 
 
 def test_command_line_output_is_a_frozen_clip_matching_open_clip(converted_dir):
-    clip = FrozenClip(converted_dir, "clip.pretrained")
+    clip = FrozenClip.load(converted_dir, "clip.pretrained")
     assert clip.tokenizer.eot_id == 49407 and clip.config.model.activation == "quick_gelu"
     reference = np.load(fixture("vit_b32_openai", "_outputs.npz"))
     image = jax.jit(clip.encode_images)(clip.params, reference["images"])  # uint8 in, OpenAI's normalisation

@@ -26,12 +26,39 @@ class DatasetError(ValueError):
     """The configured dataset cannot be opened; the message names the config field."""
 
 
+SYNTHETIC = "synthetic"
+
+
+class SyntheticSource:
+    """`data.name='synthetic'`: 1024 identical examples, a black `resolution` image and one caption.
+
+    Nothing is read or generated: for compiling a config's steps where its dataset is not
+    (`launch.aot`), whatever `data.resolution` the config names.
+    """
+
+    size = 1024
+
+    def __init__(self, resolution: int):
+        self.example = {"image": np.zeros((resolution, resolution, 3), np.uint8), "caption": b"a synthetic caption"}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Example:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return self.example
+
+
 def open_splits(data_cfg: Any, splits: Sequence[str]) -> dict[str, Any]:
     """Random-access sources for `splits` of the dataset named by `data.name`.
 
     `shapes` is procedural: it is generated into `data.data_dir` on first use. Any other name
-    must be a TFDS dataset already prepared there in array_record format.
+    must be a TFDS dataset already prepared there in array_record format, but `synthetic`
+    (`SyntheticSource`), which has every split.
     """
+    if data_cfg.name == SYNTHETIC:
+        return {split: SyntheticSource(data_cfg.resolution) for split in splits}
     data_dir = data_cfg.data_dir or None
     if data_cfg.name == "shapes":
         def make_builder():

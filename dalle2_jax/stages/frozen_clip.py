@@ -46,22 +46,18 @@ def clip_dir(config: ml_collections.ConfigDict) -> tuple[str, str]:
 
 
 class FrozenClip:
-    """CLIP config, tokenizer, model and parameters (the EMA ones if the run kept them).
+    """CLIP config, tokenizer, model and parameters.
 
-    `field` is the config field that named the directory, for error messages. A CLIP BPE
-    tokenizer without `tokenizer.bpe_path` reads the merges file kept in the directory, if any.
+    `params` may be abstract (`jax.ShapeDtypeStruct`s: `launch.aot` compiles without weights);
+    `origin` names where the config came from, for error messages.
     """
 
-    def __init__(self, workdir: str, field: str = "clip.workdir"):
-        self.config, self.params = load_finished_run(workdir, field, "clip")
-        tokenizer_cfg = ml_collections.ConfigDict(self.config.tokenizer.to_dict())
-        kept_merges = epath.Path(workdir) / MERGES_FILE
-        if tokenizer_cfg.kind == "clip_bpe" and not tokenizer_cfg.get("bpe_path") and kept_merges.exists():
-            tokenizer_cfg.bpe_path = str(kept_merges)
+    def __init__(self, config: ml_collections.ConfigDict, params: Any, origin: str = "clip config"):
+        self.config, self.params = config, params
         try:
-            self.tokenizer = make_tokenizer(tokenizer_cfg)
+            self.tokenizer = make_tokenizer(config.tokenizer)
         except (OSError, ValueError) as e:
-            raise ConfigError(f"{field}={workdir!r}: {e}") from None
+            raise ConfigError(f"{origin}: {e}") from None
         self.model = CLIP.from_config(resolved_model_config(self.config, self.tokenizer),
                                       dtype=jnp.dtype(self.config.dtype))
         vision = self.config.model.vision
@@ -71,9 +67,20 @@ class FrozenClip:
         self.context_length = int(self.tokenizer.context_length)
 
     @classmethod
+    def load(cls, workdir: str, field: str = "clip.workdir") -> FrozenClip:
+        """A finished or converted CLIP in `workdir` (its EMA parameters if the run kept them);
+        `field` named the directory. A CLIP BPE tokenizer without `tokenizer.bpe_path` reads the
+        merges file kept in the directory, if any."""
+        config, params = load_finished_run(workdir, field, "clip")
+        kept_merges = epath.Path(workdir) / MERGES_FILE
+        if config.tokenizer.kind == "clip_bpe" and not config.tokenizer.get("bpe_path") and kept_merges.exists():
+            config.tokenizer.bpe_path = str(kept_merges)
+        return cls(config, params, origin=f"{field}={workdir!r}")
+
+    @classmethod
     def of(cls, config: ml_collections.ConfigDict) -> FrozenClip:
         """The CLIP a prior or decoder config names (`clip.workdir` or `clip.pretrained`)."""
-        return cls(*clip_dir(config))
+        return cls.load(*clip_dir(config))
 
     def example(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """A dataset example as this CLIP's inputs."""
