@@ -14,10 +14,11 @@ import json
 import time
 from collections.abc import Callable
 
-import jax
 import ml_collections
 from absl import logging
 from etils import epath
+
+from dalle2_jax.parallel import distributed
 
 STAGE = "multistage"
 PLACEHOLDER = "{workdir}"
@@ -73,7 +74,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         train_stage: Callable[[ml_collections.ConfigDict, str], dict[str, float]]) -> dict:
     """Trains every stage not finished yet, in order; writes and returns the report."""
     root = epath.Path(workdir)
-    is_chief = jax.process_index() == 0  # one host writes the run's own files; all train every stage
+    is_chief = distributed.is_chief()  # one host writes the run's own files; all train every stage
     if is_chief:
         root.mkdir(parents=True, exist_ok=True)
         (root / "config.json").write_text(config.to_json(sort_keys=True, indent=2))  # the sampler reads the stages

@@ -110,7 +110,6 @@ def _prepare_devices(config) -> None:
 
 def train_stage(config, workdir: str) -> dict[str, float]:
     """Checks `config` against the devices and the workdir, then trains its stage there."""
-    import jax
 
     from dalle2_jax import config_schema
     from dalle2_jax.parallel import distributed
@@ -131,7 +130,7 @@ def train_stage(config, workdir: str) -> dict[str, float]:
     except (ConfigError, UsageError, ValueError) as e:
         sys.exit(f"error: {e}")
     distributed.barrier("config.json checked")  # by every host, before host 0 overwrites it
-    if jax.process_index() == 0:
+    if distributed.is_chief():
         path.mkdir(parents=True, exist_ok=True)
         saved.write_text(config_json)
     _, metrics = train_and_evaluate(config, workdir, stage)
@@ -159,7 +158,6 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {e}")
     _prepare_devices(config)
 
-    import jax
 
     from dalle2_jax import config_schema, multistage
     from dalle2_jax.parallel.mesh import ConfigError
@@ -180,7 +178,7 @@ def main(argv: list[str]) -> None:
         started = time.perf_counter()
         report["samples"] = {**evaluate_text_to_image(workdir, config.samples),
                              "seconds": time.perf_counter() - started}
-        if jax.process_index() == 0:
+        if distributed.is_chief():
             (epath.Path(workdir) / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         logging.info("Text-to-image samples in %s/samples/grid.png: %s", workdir, json.dumps(report["samples"]))
     logging.info("All stages done; report in %s/report.json: %s", workdir, json.dumps(report, sort_keys=True))

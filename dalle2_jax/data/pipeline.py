@@ -47,7 +47,7 @@ class SyntheticSource:
     def __getitem__(self, index: int) -> Example:
         if not 0 <= index < self.size:
             raise IndexError(index)
-        return self.example
+        return {"image": self.example["image"].copy(), "caption": self.example["caption"]}  # callers may mutate
 
 
 def open_splits(data_cfg: Any, splits: Sequence[str]) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def open_splits(data_cfg: Any, splits: Sequence[str]) -> dict[str, Any]:
                 seed=data_cfg.dataset_seed,
             )
 
-        if jax.process_index() == 0:
+        if distributed.is_chief():
             make_builder().download_and_prepare()
         # Other hosts of a multi-host run read what host 0 wrote (a shared filesystem), once it
         # is there: a builder made before the files exist would know no splits.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -19,6 +18,7 @@ from etils import epath
 from dalle2_jax import images
 from dalle2_jax.data import shapes
 from dalle2_jax.evaluation import shapes_attributes
+from dalle2_jax.parallel import distributed
 
 
 def samples_config() -> ml_collections.ConfigDict:
@@ -58,7 +58,7 @@ def evaluate_text_to_image(workdir: str, cfg: ml_collections.ConfigDict) -> dict
     logging.info("Generating %d images for the final text-to-image evaluation.", len(prompts))
     pictures = pipeline.text_to_image([p for p, _, _ in prompts], seeds)
     records = [{"prompt": p, "seed": s, "group": g} for (p, _, g), s in zip(prompts, seeds)]
-    if jax.process_index() == 0:
+    if distributed.is_chief():
         images.write_sample_dir(epath.Path(workdir) / "samples", pictures, records, columns=12)
     result: dict[str, Any] = {"image_size": int(pictures.shape[1])}
     for group in ("seen", "heldout"):

@@ -121,3 +121,8 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def is_chief() -> bool:
+    """True on the process that writes what is written once (process 0; the only one when alone)."""
+    return jax.process_index() == 0

@@ -37,6 +37,7 @@ from etils import epath
 from dalle2_jax.data import embeddings, pipeline, shapes
 from dalle2_jax.diffusion import objectives, samplers, schedules
 from dalle2_jax.models.prior import DiffusionPrior
+from dalle2_jax.parallel import distributed
 from dalle2_jax.parallel.mesh import ConfigError
 from dalle2_jax.stages import image_diffusion
 from dalle2_jax.stages.base import Stage
@@ -169,7 +170,7 @@ class PriorStage(Stage):
             data, out = self._encode_split(infer, split)
             if "combination" in data:
                 out["combination"] = data["combination"]
-            if jax.process_index() == 0:
+            if distributed.is_chief():
                 embeddings.write_split(self.embeddings_dir, split, out, self.clip.tokenizer.decode(data["tokens"]))
         if not epath.Path(f"{self.embeddings_dir}/{TRAIN_MEAN}").exists():
             if embeddings.is_complete(self.embeddings_dir, "train"):
@@ -188,7 +189,7 @@ class PriorStage(Stage):
         return data, infer(self.clip.encode, self.clip.params, {"image": data["image"], "tokens": data["tokens"]})
 
     def _save(self, name: str, array: np.ndarray) -> None:
-        if jax.process_index() == 0:
+        if distributed.is_chief():
             with epath.Path(f"{self.embeddings_dir}/{name}").open("wb") as f:
                 np.save(f, array)
 

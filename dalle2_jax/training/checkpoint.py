@@ -140,7 +140,7 @@ class Checkpointer:
         suffix = 1
         while target.exists():
             target, suffix = aside / f"{step}.{suffix}", suffix + 1
-        if jax.process_index() == 0:
+        if distributed.is_chief():
             (self.directory / str(step)).rename(target)
         distributed.barrier(f"checkpoint {step} set aside")  # every host then lists the same steps
         self._manager.reload()

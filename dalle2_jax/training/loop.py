@@ -212,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
     workdir = epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
     train_cfg = config.train
     num_steps = train_cfg.num_steps
-    is_chief = jax.process_index() == 0
+    is_chief = distributed.is_chief()
     rules = rules_lib.rules_for_config(config)
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     logging.info("Mesh %s over %d devices (%s).", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
