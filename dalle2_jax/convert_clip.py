@@ -16,6 +16,9 @@ published on the hub as openai/clip-vit-large-patch14); OpenAI's `input_resoluti
 `state_dict` wrapper and `module.` prefixes are removed. A key that has no place in the arch,
 a missing key or a shape that does not fit is refused with one line naming it.
 
+`--scan_layers` writes each tower's blocks stacked for a scanned transformer (`model.scan_layers`,
+see `nn/transformer.py`: the layout for deep towers such as ViT-H at pod scale).
+
 `--out` gets the layout of a finished CLIP run, which `clip.pretrained` (or `clip.workdir`)
 reads: `config.json` (a CLIP config: the arch, CLIP's BPE tokenizer, the image size and OpenAI's
 pixel statistics), `checkpoints/0/state` (Orbax: the float32 parameters), CLIP's BPE merges file
@@ -259,10 +262,10 @@ def convert(tensors: dict[str, np.ndarray], arch: dict[str, Any], arch_name: str
     return traverse_util.unflatten_dict(params)
 
 
-def pretrained_config(arch: dict[str, Any], dtype: str = "float32") -> Any:
+def pretrained_config(arch: dict[str, Any], dtype: str = "float32", scan_layers: bool = False) -> Any:
     """The CLIP config (`config.json`) of a converted checkpoint: the arch's model section, CLIP's
-    BPE tokenizer, image size and the compute dtype the frozen CLIP runs in; `train.num_steps = 0`
-    (the checkpoint is step 0)."""
+    BPE tokenizer, image size, the compute dtype the frozen CLIP runs in and the transformers'
+    layout (`model.scan_layers`); `train.num_steps = 0` (the checkpoint is step 0)."""
     from dalle2_jax import config_schema
     from dalle2_jax.models import clip_archs
 
@@ -277,7 +280,17 @@ def pretrained_config(arch: dict[str, Any], dtype: str = "float32") -> Any:
     config.tokenizer.context_length = arch["text_cfg"]["context_length"]
     config.train.num_steps = 0
     config.dtype = dtype
+    config.model.scan_layers = scan_layers
     return config
+
+
+def scanned(params: dict[str, Any], arch: dict[str, Any]) -> dict[str, Any]:
+    """`convert`'s parameters with each tower's blocks stacked for `model.scan_layers`."""
+    from dalle2_jax.nn.transformer import stack_blocks
+
+    depths = {"vision": arch["vision_cfg"]["layers"], "text": arch["text_cfg"]["layers"]}
+    return {**params, **{tower: {**params[tower], "transformer": stack_blocks(params[tower]["transformer"], depth)}
+                         for tower, depth in depths.items()}}
 
 
 def write_pretrained(out: str, params: dict[str, Any], config: Any, merges_file: str,
@@ -302,7 +315,7 @@ def write_pretrained(out: str, params: dict[str, Any], config: Any, merges_file:
 
 
 def convert_checkpoint(checkpoint: str, arch_name: str, out: str, bpe_path: str = "", overwrite: bool = False,
-                       dtype: str = "float32") -> str:
+                       dtype: str = "float32", scan_layers: bool = False) -> str:
     """Reads, checks, converts and writes; returns a one-line summary. Every check (arch, merges
     file, output directory, keys and shapes) runs before anything is written."""
     from etils import epath
@@ -324,10 +337,12 @@ def convert_checkpoint(checkpoint: str, arch_name: str, out: str, bpe_path: str 
         if not (target / PRETRAINED_MARKER).exists():
             raise ConversionError(f"--out={out} is not a converted CLIP (no {PRETRAINED_MARKER}): not replacing it")
     params = convert(read_checkpoint(checkpoint), arch, arch_name)
+    if scan_layers:
+        params = scanned(params, arch)
     if target.exists():
         target.rmtree()
     activation = "quick_gelu" if arch.get("quick_gelu") else "gelu"
-    write_pretrained(out, params, pretrained_config(arch, dtype), merges_file,
+    write_pretrained(out, params, pretrained_config(arch, dtype, scan_layers), merges_file,
                      {"checkpoint": os.path.abspath(checkpoint), "arch_name": arch_name, "arch": arch,
                       "activation": activation})
     count = sum(v.size for v in traverse_util.flatten_dict(params).values())
@@ -345,7 +360,7 @@ def main(argv: list[str]) -> None:
     if not f.checkpoint or not f.arch or not f.out:
         sys.exit("error: --checkpoint, --arch and --out are required")
     try:
-        print(convert_checkpoint(f.checkpoint, f.arch, f.out, f.bpe_path, f.overwrite, f.dtype))
+        print(convert_checkpoint(f.checkpoint, f.arch, f.out, f.bpe_path, f.overwrite, f.dtype, f.scan_layers))
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 
@@ -362,6 +377,7 @@ def run() -> None:
     flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
                       "Compute dtype of the frozen CLIP (parameters stay float32): bfloat16 on TPU/GPU.")
+    flags.DEFINE_bool("scan_layers", False, "Stack each tower's blocks for a scanned transformer (model.scan_layers).")
     app.run(main)
 
 

@@ -13,7 +13,7 @@ import pytest
 from dalle2_jax.models.clip import CLIP, count_params
 from dalle2_jax.nn import axes
 from dalle2_jax.nn.attention import MultiHeadAttention
-from dalle2_jax.nn.transformer import Transformer
+from dalle2_jax.nn.transformer import Transformer, stack_blocks
 
 AXIS_NAMES = {v for k, v in vars(axes).items() if k.isupper()} | {None}
 EOT = 2
@@ -172,6 +172,50 @@ def test_remat_gives_identical_outputs_and_gradients(model_and_params):
         value_and_grad(True),
         value_and_grad(False),
     )
+
+
+def _stacked(params):
+    """Our CLIP parameters with both towers' blocks stacked (`stack_blocks`)."""
+    depth = lambda tower: len([k for k in tower["transformer"] if k.startswith("block_")])  # noqa: E731
+    return {**params, **{name: {**params[name], "transformer": stack_blocks(params[name]["transformer"],
+                                                                            depth(params[name]))}
+                         for name in ("vision", "text")}}
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scanned_towers_compute_the_unrolled_function(model_and_params, remat):
+    """scan_layers changes the layout (one `blocks` entry, a leading `layers` axis), not the function:
+    the unrolled parameters, stacked, give the same embeddings, encodings and gradients."""
+    model, variables = model_and_params
+    scanned = CLIP.from_config(tiny_config(scan_layers=True, remat=remat))
+    images, tokens = make_inputs()
+    boxed = jax.eval_shape(scanned.init, jax.random.key(0), images, tokens)["params"]
+    layer = boxed["vision"]["transformer"]["blocks"]["mlp"]["fc_in"]["kernel"]
+    assert layer.names == (axes.LAYERS, axes.EMBED, axes.MLP) and layer.value.shape == (2, 16, 32)
+    assert set(boxed["text"]["transformer"]) == {"blocks"}
+
+    params = nn.meta.unbox(variables["params"])
+    stacked = _stacked(params)
+    assert jax.tree.structure(nn.meta.unbox(boxed)) == jax.tree.structure(stacked)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 apply(scanned, {"params": stacked}, images, tokens), apply(model, {"params": params}, images, tokens))
+
+    def loss(m, p):
+        out = m.apply({"params": p}, images, tokens)
+        return jnp.sum(out["image_embed"] * out["text_embed"])
+
+    grads = jax.jit(jax.grad(functools.partial(loss, model)))(params)
+    scanned_grads = jax.jit(jax.grad(functools.partial(loss, scanned)))(stacked)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), scanned_grads, _stacked(grads))
+
+
+def test_scanned_blocks_are_initialised_independently_and_stack_blocks_checks_depth():
+    x = jnp.ones((1, 3, 8))
+    params = nn.meta.unbox(Transformer(depth=2, width=8, num_heads=2, scan=True).init(jax.random.key(0), x))
+    kernel = params["params"]["blocks"]["mlp"]["fc_in"]["kernel"]
+    assert kernel.shape == (2, 8, 32) and not np.allclose(kernel[0], kernel[1])
+    with pytest.raises(ValueError, match="lack block_1 .expected 2 unrolled blocks"):
+        stack_blocks({"block_0": {}}, 2)
 
 
 def _reference_attention(params, x, context, context_mask):

@@ -163,6 +163,23 @@ def test_command_line_output_is_a_frozen_clip_matching_open_clip(converted_dir):
     assert relative_error(text["text_embed"], reference["text_embed"] / norm) <= 1e-4
 
 
+def test_scan_layers_conversion_is_the_same_clip_in_the_scanned_layout(tmp_path):
+    out = tmp_path / "vit_b32_scanned"
+    convert_clip.convert_checkpoint(fixture("vit_b32_openai", ".safetensors"), fixture("vit_b32_openai", ".json"),
+                                    str(out), MERGES, scan_layers=True)
+    clip = FrozenClip.load(str(out), "clip.pretrained")
+    assert clip.config.model.scan_layers
+    blocks = clip.params["vision"]["transformer"]["blocks"]
+    assert set(clip.params["vision"]["transformer"]) == {"blocks"} and blocks["ln_attn"]["scale"].shape == (2, 64)
+    reference = np.load(fixture("vit_b32_openai", "_outputs.npz"))
+    image = jax.jit(clip.encode_images)(clip.params, reference["images"])
+    norm = np.linalg.norm(reference["image_embed"], axis=-1, keepdims=True)
+    assert relative_error(image, reference["image_embed"] / norm) <= 1e-4
+    text = jax.jit(clip.encode_texts)(clip.params, {"tokens": reference["tokens"]})
+    norm = np.linalg.norm(reference["text_embed"], axis=-1, keepdims=True)
+    assert relative_error(text["text_embed"], reference["text_embed"] / norm) <= 1e-4
+
+
 def test_command_line_refusals_are_one_line(converted_dir, tmp_path):
     b32 = [f"--arch={fixture('vit_b32_openai', '.json')}", f"--bpe_path={MERGES}"]
     cases = [

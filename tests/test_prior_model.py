@@ -11,6 +11,7 @@ import pytest
 
 from dalle2_jax.models.prior import DiffusionPrior, count_params, timestep_embedding
 from dalle2_jax.nn import axes
+from dalle2_jax.nn.transformer import stack_blocks
 
 AXIS_NAMES = {v for k, v in vars(axes).items() if k.isupper()} | {None}
 E, TEXT_WIDTH, L = 8, 12, 6
@@ -127,6 +128,18 @@ def test_remat_gives_identical_outputs(model_and_params):
     inputs = make_inputs()
     remat = DiffusionPrior.from_config(tiny_config(remat=True))
     np.testing.assert_array_equal(predict(remat, variables, inputs), predict(model, variables, inputs))
+
+
+def test_scan_layers_is_the_same_prior_with_stacked_blocks(model_and_params):
+    model, variables = model_and_params
+    inputs = make_inputs()
+    scanned = DiffusionPrior.from_config(tiny_config(scan_layers=True))
+    params = nn.meta.unbox(variables["params"])
+    stacked = {**params, "transformer": stack_blocks(params["transformer"], 2)}
+    assert jax.tree.structure(nn.meta.unbox(jax.eval_shape(scanned.init, jax.random.key(0), **inputs)["params"])) \
+        == jax.tree.structure(stacked)
+    np.testing.assert_allclose(predict(scanned, {"params": stacked}, inputs), predict(model, variables, inputs),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_timestep_embedding():

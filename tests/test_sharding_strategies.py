@@ -146,3 +146,11 @@ def test_gradient_accumulation_on_a_fsdp_mesh_matches_one_device(runner):
     accumulate = {"train.grad_accum_steps": 2}
     assert_same_training(runner("prior", (2, 4, 1), **accumulate), runner("prior", (1, 1, 1), **accumulate),
                          "grad_accum_steps=2 on (2, 4, 1)")
+
+
+def test_scanned_layers_train_on_a_fsdp_tp_mesh_like_one_device(runner):
+    """Stacked blocks (a leading `layers` axis, never split) shard and train as on one device."""
+    scanned = {"model.scan_layers": True, "model.vision.depth": 2, "model.text.depth": 2}
+    params, records = runner("clip", (2, 2, 2), **scanned)
+    assert params["vision"]["transformer"]["blocks"]["mlp"]["fc_in"]["kernel"].shape[0] == 2
+    assert_same_training((params, records), runner("clip", (1, 1, 1), **scanned), "scan_layers on (2, 2, 2)")

@@ -12,6 +12,7 @@ import pytest
 from dalle2_jax.config_schema import DEFAULT_RULES
 from dalle2_jax.models.unet import UNet, count_params, num_groups
 from dalle2_jax.nn import axes
+from dalle2_jax.nn.transformer import stack_blocks
 
 AXIS_NAMES = {v for k, v in vars(axes).items() if k.isupper()} | {None}
 B, SIZE, E, L = 2, 8, 8, 6
@@ -199,6 +200,17 @@ def test_remat_gives_identical_outputs(decoder):
     rematted = UNet.from_config(decoder_config(remat=True))
     inputs = decoder_inputs()
     np.testing.assert_allclose(run(rematted, variables, inputs), run(model, variables, inputs), rtol=1e-6, atol=1e-6)
+
+
+def test_scanned_caption_encoder_is_the_same_decoder():
+    scanned = UNet.from_config(decoder_config(text={**decoder_config().text.to_dict(), "depth": 2}, scan_layers=True))
+    unrolled = UNet.from_config(decoder_config(text={**decoder_config().text.to_dict(), "depth": 2}))
+    inputs = decoder_inputs()
+    params = nn.meta.unbox(perturb(init(unrolled, inputs)))["params"]
+    encoder = params["text_encoder"]
+    stacked = {**params, "text_encoder": {**encoder, "transformer": stack_blocks(encoder["transformer"], 2)}}
+    np.testing.assert_allclose(run(scanned, {"params": stacked}, inputs), run(unrolled, {"params": params}, inputs),
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow  # two backward compiles: ~35 s on 2 busy cores

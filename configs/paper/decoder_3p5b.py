@@ -36,6 +36,7 @@ def get_config(arg: str | None = None):
     config.model.head_channels = 64
     config.model.dropout = 0.1
     config.model.remat = "full"
+    config.model.scan_layers = True  # the caption encoder's 24 blocks as one scanned block
     config.model.text.width = 2048
     config.model.text.depth = 24
     config.model.text.num_heads = 32

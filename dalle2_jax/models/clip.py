@@ -72,6 +72,7 @@ class VisionTransformer(nn.Module):
     remat: str | bool = "none"
     activation: str = "gelu"
     implementation: str | None = None
+    scan: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -113,6 +114,7 @@ class VisionTransformer(nn.Module):
             remat=self.remat,
             activation=self.activation,
             implementation=self.implementation,
+            scan=self.scan,
             name="transformer",
         )(x)
         pooled = layer_norm("ln_post", jnp.float32)(x[:, 0])
@@ -143,6 +145,7 @@ class TextTransformer(nn.Module):
     remat: str | bool = "none"
     activation: str = "gelu"
     implementation: str | None = None
+    scan: bool = False
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -183,6 +186,7 @@ class TextTransformer(nn.Module):
             remat=self.remat,
             activation=self.activation,
             implementation=self.implementation,
+            scan=self.scan,
             name="transformer",
         )(x)
         encodings = layer_norm("ln_final", jnp.float32)(x)
@@ -209,7 +213,8 @@ class CLIP(nn.Module):
 
         Fields: embed_dim; vision.{image_size, patch_size, width, depth, num_heads, mlp_ratio};
         text.{context_length, vocab_size, width, depth, num_heads, mlp_ratio, eot_token_id};
-        remat; optional activation ("gelu" or "quick_gelu", default "gelu").
+        remat; optional activation ("gelu" or "quick_gelu", default "gelu") and scan_layers (False:
+        see `nn.transformer`; the parameter layout follows it).
         """
         vision, text = cfg.vision, cfg.text
         if vision.image_size % vision.patch_size:
@@ -230,7 +235,8 @@ class CLIP(nn.Module):
         def tower(section: ml_collections.ConfigDict, **specific: Any) -> dict[str, Any]:
             return dict(width=section.width, depth=section.depth, num_heads=section.num_heads,
                         mlp_ratio=section.get("mlp_ratio", 4.0), embed_dim=cfg.embed_dim, dtype=dtype,
-                        remat=cfg.get("remat", "none"), activation=cfg.get("activation", "gelu"), **specific)
+                        remat=cfg.get("remat", "none"), activation=cfg.get("activation", "gelu"),
+                        scan=cfg.get("scan_layers", False), **specific)
 
         return cls(
             vision=VisionTransformer(**tower(vision, image_size=vision.image_size, patch_size=vision.patch_size)),

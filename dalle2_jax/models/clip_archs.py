@@ -98,6 +98,7 @@ def model_section(arch: dict[str, Any]) -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     m.embed_dim = arch["embed_dim"]
     m.remat = "none"  # block rematerialisation (dalle2_jax.nn.remat)
+    m.scan_layers = False  # scan the transformer blocks (smaller compiles of deep stacks; nn.transformer)
     m.activation = "quick_gelu" if arch.get("quick_gelu", False) else "gelu"
     m.vision = ml_collections.ConfigDict(dict(
         patch_size=vision["patch_size"], width=vision["width"], depth=vision["layers"],

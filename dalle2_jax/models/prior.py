@@ -63,6 +63,7 @@ class DiffusionPrior(nn.Module):
       dtype: compute dtype; parameters and the prediction are float32.
       remat: rematerialisation policy of each block (see `dalle2_jax.nn.remat`).
       implementation: attention implementation passed to `jax.nn.dot_product_attention`.
+      scan: scan the transformer's blocks instead of unrolling them (see `nn.transformer`).
     """
 
     embed_dim: int
@@ -75,12 +76,13 @@ class DiffusionPrior(nn.Module):
     dtype: Dtype = jnp.float32
     remat: str | bool = "none"
     implementation: str | None = None
+    scan: bool = False
 
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> "DiffusionPrior":
         """Builds the model from the `model` section of a prior config.
 
-        Fields: width, depth, num_heads, mlp_ratio, remat; embed_dim, text_width and
+        Fields: width, depth, num_heads, mlp_ratio, remat, scan_layers (False); embed_dim, text_width and
         max_text_length, which the prior stage fills in from the CLIP it uses.
         """
         for name in ("embed_dim", "text_width", "max_text_length", "width", "depth", "num_heads"):
@@ -99,6 +101,7 @@ class DiffusionPrior(nn.Module):
             mlp_ratio=cfg.get("mlp_ratio", 4.0),
             dtype=dtype,
             remat=cfg.get("remat", "none"),
+            scan=cfg.get("scan_layers", False),
         )
 
     def _check_shapes(self, x_t: jax.Array, text_embed: jax.Array, text_encodings: jax.Array) -> None:
@@ -176,6 +179,7 @@ class DiffusionPrior(nn.Module):
             dtype=self.dtype,
             remat=self.remat,
             implementation=self.implementation,
+            scan=self.scan,
             name="transformer",
         )(x, mask)
         out = layer_norm("ln_final", jnp.float32)(x[:, -1])

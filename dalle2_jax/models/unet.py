@@ -211,6 +211,7 @@ class TextEncoder(nn.Module):
       dtype: compute dtype; encodings are float32.
       remat: rematerialisation policy of each block (see `dalle2_jax.nn.remat`).
       implementation: attention implementation passed to `jax.nn.dot_product_attention`.
+      scan: scan the transformer's blocks instead of unrolling them (see `nn.transformer`).
     """
 
     vocab_size: int
@@ -223,6 +224,7 @@ class TextEncoder(nn.Module):
     dtype: Dtype = jnp.float32
     remat: str | bool = "none"
     implementation: str | None = None
+    scan: bool = False
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -258,6 +260,7 @@ class TextEncoder(nn.Module):
             dtype=self.dtype,
             remat=self.remat,
             implementation=self.implementation,
+            scan=self.scan,
             name="transformer",
         )(x, mask)
         encodings = layer_norm("ln_final", jnp.float32)(x)
@@ -328,7 +331,7 @@ class UNet(nn.Module):
         optional head_channels (64), dropout (0.0), in_channels (3), out_channels (3),
         clip_embed_dim (None; the decoder stage fills it in from its CLIP), clip_tokens (4),
         context_width (None), low_res_channels (0), coordinate_channels (False), clip_spatial (0),
-        remat ("none")
+        remat ("none"), scan_layers (False: the caption encoder's blocks unrolled)
         and `text` (None, or
         {vocab_size, context_length, width, depth, num_heads}, optional pad_id (0) and eot_id).
         """
@@ -351,6 +354,7 @@ class UNet(nn.Module):
                 eot_id=text.get("eot_id"),
                 dtype=dtype,
                 remat=cfg.get("remat", "none"),
+                scan=cfg.get("scan_layers", False),
             )
         model = cls(
             channels=cfg.channels,

@@ -15,4 +15,5 @@ VOCAB = "vocab"  # token vocabulary
 PATCH = "patch"  # flattened pixels of one patch (patch-embedding input)
 CONV_IN = "conv_in"  # convolution input channels
 CONV_OUT = "conv_out"  # convolution output channels
+LAYERS = "layers"  # the stacked blocks of a scanned transformer (never sharded)
 NORM = "norm"  # scales and biases of normalisation layers (never sharded)

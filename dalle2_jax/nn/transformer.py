@@ -4,17 +4,25 @@ Each block is `x + Attn(LN(x))` followed by `x + MLP(LN(x))` (the pre-LN arrange
 Radford et al. 2019, used by CLIP, Radford et al. 2021, sec 2.4, and by ViT, Dosovitskiy et al.
 2021, sec 3.1, eqs. 2-3). Output projections of the residual branches start with variance
 1 / (2 * depth) so the residual stream keeps its scale at initialisation, as in GPT-2 and CLIP.
+
+With `scan=True` the blocks are one `nn.scan` over a stacked block (parameters under `blocks`,
+each with a leading `layers` axis of size depth) instead of `block_0` ... `block_{depth-1}`:
+the same function, but the compiled program holds one block instead of depth copies, which
+keeps the compile time and the compiler's memory of deep stacks (ViT-H's 32 blocks) small, as
+MaxText's `scan_layers` does. `stack_blocks` turns the unrolled layout into the scanned one.
 """
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dalle2_jax.nn.attention import MultiHeadAttention, fan_in_init
-from dalle2_jax.nn.axes import BATCH, EMBED, LENGTH, NORM
+from dalle2_jax.nn.axes import BATCH, EMBED, LAYERS, LENGTH, NORM
 from dalle2_jax.nn.axes import MLP as MLP_AXIS
 from dalle2_jax.nn.remat import remat_block
 
@@ -165,6 +173,7 @@ class Transformer(nn.Module):
       remat: rematerialisation policy of each block (see `dalle2_jax.nn.remat`).
       activation: MLP activation, "gelu" or "quick_gelu".
       implementation: attention implementation passed to `jax.nn.dot_product_attention`.
+      scan: scan one stacked block over the depth instead of unrolling the blocks (module doc).
     """
 
     depth: int
@@ -176,6 +185,7 @@ class Transformer(nn.Module):
     remat: str | bool = "none"
     activation: str = "gelu"
     implementation: str | None = None
+    scan: bool = False
 
     @nn.compact
     def __call__(
@@ -190,16 +200,42 @@ class Transformer(nn.Module):
             raise ValueError(f"input width {x.shape[-1]} != transformer width {self.width}")
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        block = remat_block(TransformerBlock, self.remat)
-        for i in range(self.depth):
-            x = block(
-                num_heads=self.num_heads,
-                mlp_ratio=self.mlp_ratio,
-                causal=self.causal,
-                dtype=self.dtype,
-                activation=self.activation,
-                out_init_scale=1.0 / (2 * self.depth),
-                implementation=self.implementation,
-                name=f"block_{i}",
-            )(x, mask, context, context_mask)
+        block = functools.partial(
+            remat_block(TransformerBlock, self.remat),
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            causal=self.causal,
+            dtype=self.dtype,
+            activation=self.activation,
+            out_init_scale=1.0 / (2 * self.depth),
+            implementation=self.implementation,
+        )
+        if not self.scan:
+            for i in range(self.depth):
+                x = block(name=f"block_{i}")(x, mask, context, context_mask)
+            return x
+
+        def body(module: TransformerBlock, carry: jax.Array, *args: jax.Array | None) -> tuple[jax.Array, None]:
+            return module(carry, *args), None
+
+        scanned = nn.scan(
+            body,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            length=self.depth,
+            metadata_params={nn.PARTITION_NAME: LAYERS},
+        )
+        x, _ = scanned(block(name="blocks"), x, mask, context, context_mask)
         return x
+
+
+def stack_blocks(params: Mapping[str, Any], depth: int) -> dict[str, Any]:
+    """A `Transformer`'s parameters in the unrolled layout (`block_0` ...) -> the scanned layout
+    (`blocks`, every leaf stacked on a new leading axis); other entries are kept."""
+    names = [f"block_{i}" for i in range(depth)]
+    missing = [name for name in names if name not in params]
+    if missing:
+        raise ValueError(f"transformer parameters lack {missing[0]} (expected {depth} unrolled blocks)")
+    rest = {key: value for key, value in params.items() if key not in names}
+    return {**rest, "blocks": jax.tree.map(lambda *leaves: np.stack(leaves), *(params[name] for name in names))}

@@ -32,7 +32,7 @@ FAMILY_OF_STAGE = {"clip": "transformer", "prior": "transformer", "decoder": "un
 
 _BATCH = ((axes.BATCH, ("data", "fsdp")),)
 # Names whose dimensions stay whole under every strategy.
-_NEVER_SPLIT = ((axes.LENGTH, None), (axes.PATCH, None), (axes.NORM, None))
+_NEVER_SPLIT = ((axes.LENGTH, None), (axes.PATCH, None), (axes.NORM, None), (axes.LAYERS, None))
 
 # FSDP preference order of the names holding model weights, per family ('kv' last: a per-head
 # bias [heads, kv] with fewer heads than FSDP shards is split along kv).

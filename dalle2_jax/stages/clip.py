@@ -32,6 +32,7 @@ def model_config() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     m.embed_dim = 128  # shared image/text embedding size
     m.remat = "none"  # block rematerialisation: none | full | dots_saveable | ... (dalle2_jax.nn.remat)
+    m.scan_layers = False  # scan the transformer blocks (smaller compiles of deep stacks; nn.transformer)
     m.activation = "gelu"  # MLP activation: 'gelu' or 'quick_gelu' (OpenAI's CLIPs)
     m.vision = ml_collections.ConfigDict()
     m.vision.patch_size = 4  # ViT patch side; data.resolution must be a multiple

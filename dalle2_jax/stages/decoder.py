@@ -57,6 +57,7 @@ def model_config() -> ml_collections.ConfigDict:
     m.coordinate_channels = False  # (x, y) input channels (not in the paper; see models/unet.py)
     m.clip_spatial = 0  # add a spatial projection of CLIP at this feature-map size (0 = off; not in the paper)
     m.remat = "none"  # block rematerialisation: none | full | dots_saveable | ... (dalle2_jax.nn.remat)
+    m.scan_layers = False  # scan the transformer blocks (smaller compiles of deep stacks; nn.transformer)
     m.text = ml_collections.ConfigDict()
     m.text.width = 64  # caption encoder width (0 = no caption conditioning)
     m.text.depth = 1  # caption encoder blocks

@@ -58,6 +58,7 @@ def model_config() -> ml_collections.ConfigDict:
     m.num_heads = 4  # attention heads
     m.mlp_ratio = 4.0  # MLP hidden / width
     m.remat = "none"  # block rematerialisation: none | full | dots_saveable | ... (dalle2_jax.nn.remat)
+    m.scan_layers = False  # scan the transformer blocks (smaller compiles of deep stacks; nn.transformer)
     return m
 
 
