@@ -214,8 +214,10 @@ class StepCheck:
     alias_bytes: int  # outputs that reuse donated argument buffers
     temp_bytes: int
     code_bytes: int
-    flops: float  # one step, all devices: XLA's count of the step's HLO before optimisation
-    compiled_flops_per_device: float  # the optimised, partitioned program's own count
+    # One step, all devices: XLA's count of the step's HLO before optimisation, plus the matmul
+    # FLOPs of the loop iterations XLA leaves out (`throughput.repeated_loop_flops`).
+    flops: float
+    compiled_flops_per_device: float  # the optimised, partitioned program's own count, plus the same
     compile_seconds: float
 
     @property
@@ -292,12 +294,14 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         train_step = loop.make_train_step(stage, tx, schedule, config.train, ema_decay)
         started = time.perf_counter()
-        lowered = loop.jit_train_step(train_step, state_shardings, batch_sharding).lower(
+        traced = loop.jit_train_step(train_step, state_shardings, batch_sharding).trace(
             _abstract(abstract_state, state_shardings), batch, frozen)
-        compiled = lowered.compile()
+        compiled = traced.lower().compile()
         seconds = time.perf_counter() - started
     memory = compiled.memory_analysis()
-    flops = hlo_flops(train_step, rules, (abstract_state, batch, frozen))
+    # XLA counts a loop body once (scanned layers, gradient-accumulation microbatches).
+    repeated = throughput.repeated_loop_flops(traced.jaxpr)
+    flops = hlo_flops(train_step, rules, (abstract_state, batch, frozen)) + repeated
     return StepCheck(
         topology=topology,
         device_kind=devices[0].device_kind,
@@ -309,9 +313,8 @@ def check_train_step(config: ml_collections.ConfigDict, stage: Any, topology: To
         alias_bytes=memory.alias_size_in_bytes,
         temp_bytes=memory.temp_size_in_bytes,
         code_bytes=memory.generated_code_size_in_bytes,
-        # XLA counts a loop body once: the gradient-accumulation scan runs grad_accum_steps times.
-        flops=flops * config.train.grad_accum_steps,
-        compiled_flops_per_device=throughput.cost_flops(compiled) * config.train.grad_accum_steps,
+        flops=flops,
+        compiled_flops_per_device=throughput.cost_flops(compiled) + repeated / len(devices),
         compile_seconds=seconds,
     )
 
@@ -340,8 +343,8 @@ def format_report(check: StepCheck, config: ml_collections.ConfigDict) -> str:
         verdict = "fits" if check.fits else "DOES NOT FIT"
         total += f" of {check.hbm_bytes / GiB:.1f} GiB HBM ({check.total_bytes / check.hbm_bytes:.0%}): {verdict}"
     lines.append(total)
-    lines.append(f"FLOPs per step {check.flops:.3e} (XLA's count of the step before optimisation, "
-                 "rematerialised recomputation included; the compiled program counts "
+    lines.append(f"FLOPs per step {check.flops:.3e} (XLA's count of the step before optimisation, every "
+                 "loop iteration's matmuls and the rematerialised recomputation included; the compiled program counts "
                  f"{check.compiled_flops_per_device * check.num_devices:.3e})")
     if check.step_seconds_at_peak is not None:
         lines.append(f"step time at peak {check.step_seconds_at_peak:.3f} s "

@@ -115,6 +115,18 @@ def test_cpu_compile_accounts_memory_and_flops_of_the_real_train_step():
         assert check.total_bytes > check.argument_bytes
 
 
+
+def test_flops_of_scanned_towers_count_every_block():
+    """XLA counts a scanned tower's one block; the report adds the other blocks' matmuls back."""
+    deep = {"mesh.data": 1, "mesh.fsdp": 8, "model.vision.depth": 4, "model.text.depth": 4,
+            "model.vision.width": 64, "model.text.width": 64}
+    unrolled = aot.run(tiny_clip(**deep), "cpu-8")
+    scanned = aot.run(tiny_clip(**deep, **{"model.scan_layers": True}), "cpu-8")
+    print(f"FLOPs per step unrolled {unrolled.flops:.4g}, scanned {scanned.flops:.4g}")
+    assert scanned.num_params == unrolled.num_params
+    assert scanned.flops == pytest.approx(unrolled.flops, rel=0.1)
+
+
 def test_decoder_conditions_on_an_abstract_clip_and_prior_reads_encoded_shapes():
     """No CLIP run or dataset is read: the decoder's frozen CLIP has abstract parameters, and the
     prior's precomputed-embedding batch has the shapes CLIP's encode gives."""

@@ -154,6 +154,25 @@ def test_cpu_peak_is_the_measured_matmul_rate_shared_by_the_devices():
     assert throughput.throughput_metrics(1e9, 2.0, 0.0) == {"flops_per_sec_per_device": 2e9}
 
 
+def test_flops_of_a_scanned_stack_count_every_layer():
+    """XLA counts a scanned stack's body once; with `repeated_loop_flops` the count is within the
+    element-wise work of the unrolled stack's (which XLA counts in full)."""
+    from dalle2_jax.nn.transformer import Transformer
+
+    x = jnp.ones((2, 16, 128))  # wide enough that matmuls dominate, as in real models
+    counts = {}
+    for scan in (False, True):
+        model = Transformer(depth=6, width=128, num_heads=2, scan=scan, remat="full")
+        params = model.init(jax.random.key(0), x)
+        traced = jax.jit(jax.grad(lambda p, m=model: jnp.sum(m.apply(p, x) ** 2))).trace(params)
+        compiled = traced.lower().compile()
+        counts[scan] = (throughput.cost_flops(compiled), throughput.repeated_loop_flops(traced.jaxpr))
+    assert counts[False][1] == 0 and counts[True][0] < counts[False][0] / 3
+    assert sum(counts[True]) == pytest.approx(counts[False][0], rel=0.1)
+    a, b = jnp.ones((3, 5)), jnp.ones((5, 7))
+    assert throughput.matmul_flops(jax.make_jaxpr(jnp.matmul)(a, b)) == 2 * 3 * 5 * 7
+
+
 def test_the_loop_checks_placement_before_compiling(shapes_data_dir, tmp_path):
     """With the limit below a LayerNorm scale (replicated by design), the run stops at once."""
     from dalle2_jax.training.loop import train_and_evaluate

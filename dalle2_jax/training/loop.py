@@ -294,11 +294,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
         if frozen is not None:  # replicated: a frozen model the size of the trained one would need specs
             frozen = jax.device_put(frozen, jax.sharding.NamedSharding(mesh, PartitionSpec()))
         started = time.perf_counter()
-        compiled = jit_train_step(train_step, state_shardings, batch_sharding).lower(
-            state, first_batch, frozen).compile()
-        # XLA counts a loop body once: with gradient accumulation the microbatch scan runs
-        # grad_accum_steps times (the optimizer update, counted as often, is negligible).
-        flops_per_device = throughput.cost_flops(compiled) * train_cfg.grad_accum_steps
+        traced = jit_train_step(train_step, state_shardings, batch_sharding).trace(state, first_batch, frozen)
+        compiled = traced.lower().compile()
+        # XLA counts a loop body once (scanned layers, gradient-accumulation microbatches): the
+        # other iterations' matmul FLOPs come from the step's jaxpr (see `throughput`).
+        flops_per_device = throughput.cost_flops(compiled) + throughput.repeated_loop_flops(traced.jaxpr) / mesh.size
         memory = placement.compiled_memory(compiled)
         logging.info("Compiled the train step in %.1f s: %.3g model FLOPs per step (%.3g per device, "
                      "peak %.3g FLOP/s per device); memory per device: %s.", time.perf_counter() - started,

@@ -3,6 +3,9 @@
 MFU (model FLOPs utilisation) = achieved FLOP/s per device / the device's peak FLOP/s. The
 FLOPs are XLA's count for the compiled, partitioned step (`Compiled.cost_analysis`), so a step
 with rematerialisation also counts the recomputed forward pass (strictly, hardware FLOPs).
+XLA counts the body of a loop once however often it runs; `repeated_loop_flops` adds, from the
+step's jaxpr, the matrix-multiply and convolution FLOPs of the iterations it leaves out (scanned
+transformer layers, gradient-accumulation microbatches; their element-wise work stays uncounted).
 
 Peaks are dense bfloat16 matrix-unit figures from the vendors' data sheets, per chip (a TPU v4
 or v5p chip is one JAX device; an H100 or A100 is one GPU). On CPU there is no data sheet: the
@@ -13,11 +16,13 @@ devices the host is split into.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -43,6 +48,56 @@ def cost_flops(compiled: Any) -> float:
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0))
+
+
+def _dot_or_conv_flops(eqn: jax.extend.core.JaxprEqn) -> float:
+    """2 x multiply-adds of one dot_general or convolution equation (0 for any other)."""
+    out = eqn.outvars[0].aval.shape
+    if eqn.primitive.name == "dot_general":
+        (contracting, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        return 2.0 * math.prod(out) * math.prod(lhs[i] for i in contracting)
+    if eqn.primitive.name == "conv_general_dilated":
+        kernel = eqn.invars[1].aval.shape
+        kernel_spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, spatial...)
+        per_output = kernel[kernel_spec[1]] * math.prod(kernel[i] for i in kernel_spec[2:])
+        # A transposed convolution (the input gradient of a strided one) dilates its input with
+        # zeros: only 1 / dilation of the kernel's taps meet real values.
+        dilation = math.prod(eqn.params["lhs_dilation"] or (1,))
+        return 2.0 * math.prod(out) * per_output / dilation
+    return 0.0
+
+
+def _sub_jaxprs(eqn: jax.extend.core.JaxprEqn) -> list[Any]:
+    found = []
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+                found.append(item.jaxpr if isinstance(item, jax.extend.core.ClosedJaxpr) else item)
+    return found
+
+
+def matmul_flops(jaxpr: Any, repeat_loops: bool = True) -> float:
+    """Matrix-multiply and convolution FLOPs of a (closed) jaxpr: a scan's body `length` times
+    (once with `repeat_loops=False`, as XLA counts it), the costlier branch of a cond, a while
+    loop's body once (its trip count is not known here)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        inner = [matmul_flops(sub, repeat_loops) for sub in _sub_jaxprs(eqn)]
+        if eqn.primitive.name == "cond":
+            total += max(inner, default=0.0)
+        elif eqn.primitive.name == "scan" and repeat_loops:
+            total += eqn.params["length"] * sum(inner)
+        else:
+            total += sum(inner) + _dot_or_conv_flops(eqn)
+    return total
+
+
+def repeated_loop_flops(jaxpr: Any) -> float:
+    """The matmul and convolution FLOPs of scan iterations that XLA's count of `jaxpr`'s program
+    leaves out (it counts each loop body once): add it, divided among the devices, to `cost_flops`."""
+    return matmul_flops(jaxpr, repeat_loops=True) - matmul_flops(jaxpr, repeat_loops=False)
 
 
 def _best_rate(fn: Callable, args: Sequence[jax.Array], flops: float, repeats: int) -> float:
