@@ -13,6 +13,7 @@ the idle 2-core machine, so they run by default, as the issue asks: CI runs on a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -28,7 +29,7 @@ from dalle2_jax.data import pipeline
 from dalle2_jax.parallel import distributed
 from dalle2_jax.stages import make_stage
 from dalle2_jax.training.loop import train_and_evaluate
-from tests.tiny import ROOT, tiny_clip_config, tiny_clip_flags
+from tests.tiny import ROOT, tiny_clip_config, tiny_clip_flags, tiny_unclip_flags
 
 TIMEOUT_S = 900
 FIELDS = {"train.checkpoint_every": 2, "train.log_every": 2, "train.keep_checkpoints": 5, "data.eval_limit": 16,
@@ -49,11 +50,16 @@ def free_port() -> int:
 
 
 def train_on_two_processes(data_dir, workdir, num_steps: int) -> list[str]:
-    """The command line, started twice (4 CPU devices each) on a loopback coordinator; the logs."""
-    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "PYTHONPATH": ROOT}
+    """The tiny CLIP's command line on two processes (4 CPU devices each); the logs."""
     flags = tiny_clip_flags(data_dir, **FIELDS, **{"train.num_steps": num_steps, "mesh.num_cpu_devices": 4})
-    base = [sys.executable, "-m", "dalle2_jax.train", "--config=configs/shapes/clip.py", f"--workdir={workdir}",
-            *flags, f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2"]
+    return run_on_two_processes(["--config=configs/shapes/clip.py", f"--workdir={workdir}", *flags])
+
+
+def run_on_two_processes(args: list[str]) -> list[str]:
+    """`python -m dalle2_jax.train ARGS`, started twice on a loopback coordinator; the logs."""
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "PYTHONPATH": ROOT}
+    base = [sys.executable, "-m", "dalle2_jax.train", *args,
+            f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2"]
     processes = [subprocess.Popen([*base, f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True) for i in range(2)]
     try:
@@ -120,6 +126,25 @@ def test_one_process_resumes_two_process_checkpoint(reference, two_processes, sh
     # Something trained between the steps compared.
     assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(
         jax.tree.leaves(params), jax.tree.leaves(params_at(two_processes[0], 4))))
+
+
+@pytest.mark.slow  # 8 minutes on the 2-core machine beside a compile
+def test_main_job_on_two_processes_writes_one_report(reference, shapes_data_dir, tmp_path):
+    """The tiny main job (every stage, then the samples) on two processes of 2 CPU devices each:
+    host 0 alone writes the run's config, report and samples; the prior's embeddings written by
+    host 0 are read by both after the barrier."""
+    workdir = tmp_path / "unclip"
+    logs = run_on_two_processes(["--config=configs/shapes/unclip.py", f"--workdir={workdir}",
+                                 *tiny_unclip_flags(shapes_data_dir)])
+    report = json.loads((workdir / "report.json").read_text())
+    assert set(report) == {"clip", "prior", "decoder", "upsampler", "samples"}, logs[0][-2000:]
+    assert all(report[stage]["final_eval"] for stage in ("clip", "prior", "decoder", "upsampler"))
+    manifest = (workdir / "samples" / "manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == report["samples"]["seen/count"] + report["samples"]["heldout/count"]
+    assert (workdir / "samples" / "grid.png").exists() and (workdir / "config.json").exists()
+    for stage in ("clip", "prior", "decoder", "upsampler"):  # both hosts saved the final checkpoint
+        final = workdir / stage / "checkpoints" / str(report[stage]["final_eval"]["step"]) / "data"
+        assert sorted(p.name for p in final.glob("process_*")) == ["process_0-of-2.json", "process_1-of-2.json"]
 
 
 @pytest.mark.parametrize("num_hosts", [2, 4])
