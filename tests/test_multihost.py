@@ -128,7 +128,7 @@ def test_one_process_resumes_two_process_checkpoint(reference, two_processes, sh
         jax.tree.leaves(params), jax.tree.leaves(params_at(two_processes[0], 4))))
 
 
-@pytest.mark.slow  # 8 minutes on the 2-core machine beside a compile
+@pytest.mark.slow  # 3.5 minutes on the idle 2-core machine (8 beside a compile)
 def test_main_job_on_two_processes_writes_one_report(reference, shapes_data_dir, tmp_path):
     """The tiny main job (every stage, then the samples) on two processes of 2 CPU devices each:
     host 0 alone writes the run's config, report and samples; the prior's embeddings written by
