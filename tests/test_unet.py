@@ -240,6 +240,30 @@ def test_invalid_configs_raise_naming_the_field():
         UNet.from_config(decoder_config(image_size=7))
     with pytest.raises(ValueError, match="model.context_width"):
         UNet.from_config(decoder_config(context_width=8))
+    with pytest.raises(ValueError, match="model.patch_size"):
+        UNet.from_config(decoder_config(patch_size=0))
+    with pytest.raises(ValueError, match=r"model.image_size=8 must be divisible by model.patch_size \* "):
+        UNet.from_config(decoder_config(patch_size=8))
+
+
+def test_patch_size_runs_the_network_on_patches():
+    """patch_size=2: the levels run at half the side, the output is whole images again, and every
+    output pixel of a patch has its own output channels."""
+    model = UNet.from_config(decoder_config(patch_size=2, attention_resolutions=(4, 2)))
+    assert model.resolutions == (4, 2)
+    inputs = decoder_inputs()
+    variables = init(model, inputs)
+    params = variables["params"]
+    assert params["conv_in"]["kernel"].value.shape == (3, 3, 2 * 2 * 3, 16)
+    assert params["conv_out"]["kernel"].value.shape == (3, 3, 16, 2 * 2 * 6)
+    np.testing.assert_array_equal(run(model, variables, inputs), 0.0)
+    out = run(model, perturb(variables), inputs)
+    assert out.shape == (B, SIZE, SIZE, 6) and np.all(np.isfinite(out))
+    # The four pixels of a patch are not copies of one prediction.
+    assert not np.allclose(out[:, 0::2, 0::2], out[:, 1::2, 1::2])
+    # Changing one input pixel changes the output: the patch's channels are read, not dropped.
+    nudged = inputs["x_t"].at[:, 1, 1, 0].add(1.0)
+    assert not np.allclose(out, run(model, perturb(variables), inputs, x_t=nudged))
 
 
 PAPER_TEXT = {"vocab_size": 50257, "context_length": 256, "width": 2048, "depth": 24, "num_heads": 32}

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dalle2_jax.nn.axes import BATCH, EMBED, LENGTH, PATCH, VOCAB
+from dalle2_jax.nn.patches import to_patches
 from dalle2_jax.nn.transformer import Transformer, caption_positions, layer_norm
 
 Dtype = Any
@@ -77,15 +78,13 @@ class VisionTransformer(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         """[B, image_size, image_size, C] normalised floats -> [B, embed_dim] float32."""
-        batch, height, width, channels = images.shape
+        batch, height, width, _ = images.shape
         if height != self.image_size or width != self.image_size:
             raise ValueError(
                 f"images are {height}x{width}, the model expects {self.image_size}x{self.image_size}"
             )
-        p = self.patch_size
-        grid_h, grid_w = height // p, width // p
-        patches = images.reshape(batch, grid_h, p, grid_w, p, channels)
-        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid_h * grid_w, p * p * channels)
+        patches = to_patches(images, self.patch_size)
+        patches = patches.reshape(batch, -1, patches.shape[-1])
         x = nn.Dense(
             self.width,
             use_bias=False,
@@ -98,7 +97,7 @@ class VisionTransformer(nn.Module):
         positions = self.param(
             "position_embedding",
             _embedding_init((LENGTH, EMBED)),
-            (grid_h * grid_w + 1, self.width),
+            (patches.shape[1] + 1, self.width),
             jnp.float32,
         )
         class_tokens = jnp.broadcast_to(class_token.astype(self.dtype), (batch, 1, self.width))

@@ -56,6 +56,7 @@ def model_config() -> ml_collections.ConfigDict:
     m.clip_tokens = 4  # context tokens projected from the CLIP embedding (paper: 4)
     m.coordinate_channels = False  # (x, y) input channels (not in the paper; see models/unet.py)
     m.clip_spatial = 0  # add a spatial projection of CLIP at this feature-map size (0 = off; not in the paper)
+    m.patch_size = 1  # run on p x p patches flattened into channels (1 = pixels; not in the paper)
     m.remat = "none"  # block rematerialisation: none | full | dots_saveable | ... (dalle2_jax.nn.remat)
     m.scan_layers = False  # scan the transformer blocks (smaller compiles of deep stacks; nn.transformer)
     m.text = ml_collections.ConfigDict()
