@@ -8,6 +8,7 @@ the finished pipeline and scores each image's attributes with the project's eval
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -19,6 +20,8 @@ from dalle2_jax import images
 from dalle2_jax.data import shapes
 from dalle2_jax.evaluation import shapes_attributes
 from dalle2_jax.parallel import distributed
+
+PROMPTS_SEED = 0  # the prompt set is part of the metric: changing it changes every reported number
 
 
 def samples_config() -> ml_collections.ConfigDict:
@@ -32,19 +35,33 @@ def samples_config() -> ml_collections.ConfigDict:
 
 
 def shapes_prompts(num_seen: int, num_heldout: int) -> list[tuple[str, dict[str, str], str]]:
-    """(caption, attributes, 'seen' or 'heldout') spread evenly over the two sets of the 720 captions."""
-    heldout_pairs = set(shapes.DEFAULT_HELDOUT_PAIRS)
-    combos = shapes.all_combinations()
-    groups = {"seen": [c for c in combos if (c["color"], c["shape"]) not in heldout_pairs],
-              "heldout": [c for c in combos if (c["color"], c["shape"]) in heldout_pairs]}
+    """(caption, attributes, 'seen' or 'heldout'): a fixed, balanced set of prompts per group.
+
+    In each group every attribute (the group's color/shape pairs, background, size, position)
+    runs through all its values in rounds, each round in its own fixed shuffled order drawn
+    independently per attribute: every value appears equally often (within one) and no attribute
+    is tied to another, so e.g. each shape is drawn at every size and position.
+    """
     out = []
-    for group, count in (("seen", num_seen), ("heldout", num_heldout)):
-        pool = groups[group]
-        # A stride coprime to the attribute counts walks through every attribute value.
-        for k in np.linspace(0, len(pool), count, endpoint=False).astype(int):
-            attrs = pool[(k * 7) % len(pool)]
+    for index, (group, count) in enumerate((("seen", num_seen), ("heldout", num_heldout))):
+        rng = np.random.default_rng([PROMPTS_SEED, index])  # one stream per group: num_seen leaves heldout alone
+        pairs = shapes.split_pairs("validation" if group == "seen" else "heldout")
+        columns = {name: _balanced_column(values, count, rng)
+                   for name, values in (("pair", pairs), ("background", shapes.BACKGROUNDS),
+                                        ("size", shapes.SIZES), ("position", shapes.POSITIONS))}
+        for k in range(count):
+            color, shape = columns["pair"][k]
+            attrs = {"background": columns["background"][k], "color": color, "shape": shape,
+                     "size": columns["size"][k], "position": columns["position"][k]}
             out.append((shapes.caption(**attrs), attrs, group))
     return out
+
+
+def _balanced_column(values: Sequence[Any], count: int, rng: np.random.Generator) -> list[Any]:
+    """`count` values: rounds through all of `values`, each round in a fresh shuffled order."""
+    rounds = -(-count // len(values))
+    order = np.concatenate([rng.permutation(len(values)) for _ in range(rounds)])[:count]
+    return [values[i] for i in order]
 
 
 def evaluate_text_to_image(workdir: str, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
