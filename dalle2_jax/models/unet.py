@@ -340,8 +340,8 @@ class UNet(nn.Module):
         clip_embed_dim (None; the decoder stage fills it in from its CLIP), clip_tokens (4),
         context_width (None), low_res_channels (0), coordinate_channels (False), clip_spatial (0),
         patch_size (1), remat ("none"), scan_layers (False: the caption encoder's blocks unrolled)
-        and `text` (None, or
-        {vocab_size, context_length, width, depth, num_heads}, optional pad_id (0) and eot_id).
+        and text (None, or {vocab_size, context_length, width, depth, num_heads}, with optional
+        pad_id (0) and eot_id).
         """
         text = cfg.get("text")
         text_encoder = None
