@@ -158,7 +158,7 @@ def test_posterior_matches_joint_gaussian():
     assert float(spaced.posterior_log_variance_clipped[0]) == float(spaced.posterior_log_variance_clipped[1])
 
 
-def test_diffusion_loss_and_min_snr_weights():
+def test_diffusion_loss_and_snr_weights():
     x0, noise, t = _batch(BASE, seed=2)
     x_t = objectives.q_sample(BASE, x0, t, noise)
     for objective in objectives.OBJECTIVES:
@@ -170,16 +170,15 @@ def test_diffusion_loss_and_min_snr_weights():
     wrong_x0 = x0 + 0.1 * jax.random.normal(jax.random.key(9), x0.shape)
     wrong_eps = objectives.eps_from_x0(BASE, x_t, t, wrong_x0)
     wrong = {"x0": wrong_x0, "eps": wrong_eps, "v": objectives.v_from_x0_eps(BASE, wrong_x0, t, wrong_eps)}
-    losses = {
-        objective: objectives.diffusion_loss(
-            objective, wrong[objective], x0, noise, t, BASE, objectives.loss_weights("min_snr", objective, BASE)
-        )
-        for objective in objectives.OBJECTIVES
-    }
+    # Likewise truncated SNR: clip(SNR, 1, 5) * ||x0 error||^2.
     snr = jnp.exp(schedules.log_snr(BASE))[t]
     x0_mse = jnp.mean(jnp.square(wrong_x0 - x0), axis=(1, 2))
-    for objective, loss in losses.items():
-        np.testing.assert_allclose(loss, jnp.minimum(snr, 5.0) * x0_mse, rtol=2e-3, err_msg=objective)
+    assert float(jnp.min(snr)) < 1.0 < 5.0 < float(jnp.max(snr))  # the batch reaches both clip bounds
+    for kind, x0_weight in (("min_snr", jnp.minimum(snr, 5.0)), ("truncated_snr", jnp.clip(snr, 1.0, 5.0))):
+        for objective in objectives.OBJECTIVES:
+            loss = objectives.diffusion_loss(objective, wrong[objective], x0, noise, t, BASE,
+                                             objectives.loss_weights(kind, objective, BASE))
+            np.testing.assert_allclose(loss, x0_weight * x0_mse, rtol=2e-3, err_msg=f"{kind} {objective}")
     uniform = objectives.loss_weights("uniform", "eps", BASE)
     np.testing.assert_array_equal(
         objectives.diffusion_loss("eps", wrong_eps, x0, noise, t, BASE, uniform),

@@ -12,6 +12,11 @@
   Strategy"): the x0-space weight min(SNR_t, gamma) rewritten for the objective that is
   regressed, since ||x0 error||^2 = ||eps error||^2 / SNR = ||v error||^2 / (SNR + 1) at fixed x_t.
   So eps: min(SNR, gamma) / SNR, x0: min(SNR, gamma), v: min(SNR, gamma) / (SNR + 1); gamma = 5.
+  Or "truncated_snr": the x0-space weight clip(SNR_t, 1, gamma), rewritten the same way. It keeps
+  x0's uniform weight where the image is mostly noise (SNR < 1) and, like eps, weights the
+  nearly clean steps by their SNR, up to gamma: Salimans & Ho 2022's "truncated SNR" weighting
+  max(SNR, 1) (sec 4), capped as min-SNR caps it. Not in the unCLIP paper; see
+  configs/shapes/decoder.py for why the shapes decoder uses it.
 - Learned variance (Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models",
   sec 3.1): the model outputs, beside its prediction, `var_interp` in [-1, 1] with x_t's shape;
   log Sigma = frac log beta_t + (1 - frac) log beta~_t with frac = (var_interp + 1) / 2. It is
@@ -36,7 +41,7 @@ from jax.scipy.special import log_ndtr
 from dalle2_jax.diffusion.schedules import Schedule, log_snr
 
 OBJECTIVES = ("eps", "x0", "v")
-LOSS_WEIGHTS = ("uniform", "min_snr")
+LOSS_WEIGHTS = ("uniform", "min_snr", "truncated_snr")
 
 # Images in [-1, 1] quantised to 256 levels: bins of width 2 / 255 around each level.
 _HALF_BIN = 1.0 / 255.0
@@ -114,14 +119,14 @@ def target(objective: str, x0: jax.Array, noise: jax.Array, t: jax.Array, schedu
 
 
 def loss_weights(kind: str, objective: str, schedule: Schedule, gamma: float = 5.0) -> jax.Array:
-    """Per-timestep weights [T] for `diffusion_loss`: 'uniform' or 'min_snr' (see the module doc)."""
+    """Per-timestep weights [T] for `diffusion_loss`: 'uniform', 'min_snr' or 'truncated_snr' (see the module doc)."""
     check_objective(objective)
     if kind == "uniform":
         return jnp.ones((schedule.num_timesteps,), jnp.float32)
-    if kind != "min_snr":
+    if kind not in LOSS_WEIGHTS:
         raise ValueError(f"unknown loss weighting {kind!r}: expected one of {LOSS_WEIGHTS}")
     snr = jnp.exp(log_snr(schedule))
-    x0_weight = jnp.minimum(snr, gamma)
+    x0_weight = jnp.minimum(snr, gamma) if kind == "min_snr" else jnp.clip(snr, 1.0, gamma)
     return {"x0": x0_weight, "eps": x0_weight / snr, "v": x0_weight / (snr + 1.0)}[objective]
 
 

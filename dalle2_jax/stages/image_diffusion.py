@@ -34,7 +34,7 @@ def diffusion_config(objective: str = "eps", schedule: str = "cosine") -> ml_col
     d.schedule = schedule  # 'cosine' or 'linear'
     d.num_timesteps = 1000  # T of the training schedule
     d.objective = objective  # what the UNet predicts: 'eps' (ADM, unCLIP), 'x0' or 'v'
-    d.loss_weighting = "uniform"  # 'uniform' or 'min_snr'
+    d.loss_weighting = "uniform"  # 'uniform', 'min_snr' or 'truncated_snr' (diffusion/objectives.py)
     d.learned_variance = False  # 6 output channels and the hybrid loss (Improved DDPM)
     d.vlb_weight = 0.001  # weight of the VLB term with a learned variance (Improved DDPM's lambda)
     return d

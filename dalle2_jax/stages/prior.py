@@ -79,7 +79,7 @@ def diffusion_config() -> ml_collections.ConfigDict:
     d.schedule = "cosine"  # 'cosine' or 'linear'
     d.num_timesteps = 1000  # T of the training schedule
     d.objective = "x0"  # what the model predicts: 'x0' (the paper's prior), 'eps' or 'v'
-    d.loss_weighting = "uniform"  # 'uniform' or 'min_snr'
+    d.loss_weighting = "uniform"  # 'uniform', 'min_snr' or 'truncated_snr' (diffusion/objectives.py)
     return d
 
 
