@@ -13,6 +13,9 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "dalle2_jax_test_jit_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# The tests compare float32 computations to 1e-5: full-precision matmuls on GPU too, where JAX's
+# default is TF32 (a 10-bit mantissa; seen failing there). CPU matmuls are float32 either way.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 import pytest  # noqa: E402
 

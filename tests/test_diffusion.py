@@ -93,7 +93,8 @@ def test_respace_keeps_alpha_bar_and_original_timesteps():
 
 def test_log_snr():
     ac = np.asarray(BASE.alphas_cumprod, np.float64)
-    np.testing.assert_allclose(schedules.log_snr(BASE)[100:900], np.log(ac / (1 - ac))[100:900], rtol=1e-4)
+    np.testing.assert_allclose(schedules.log_snr(BASE)[100:900], np.log(ac / (1 - ac))[100:900], rtol=1e-4,
+                               atol=1e-6)  # atol: log SNR crosses 0 here (seen on GPU: 3.1084e-4 vs 3.1090e-4)
     assert bool(jnp.all(jnp.diff(schedules.log_snr(BASE)) < 0))
 
 

@@ -184,8 +184,10 @@ def test_every_param_is_partitioned_with_names_of_its_rank(decoder, upsampler):
 
 
 def test_params_shard_on_a_mesh_with_the_default_rules(decoder, upsampler):
-    """Every parameter divides evenly on a (data 2, fsdp 2, tensor 2) mesh (nothing compiled)."""
-    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    """Every parameter divides evenly on a (data 2, fsdp 2, tensor 2) mesh (nothing compiled; the
+    8 simulated CPU devices, so that it runs on a one-GPU machine too)."""
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                         devices=jax.devices("cpu")[:8])
     for _, variables, _ in (decoder, upsampler):
         boxed = variables["params"]
         shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, DEFAULT_RULES)
