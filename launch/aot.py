@@ -146,7 +146,7 @@ def topology_devices(topology: Topology) -> list[jax.Device]:
 
 
 # --- the stage, without data or a trained CLIP ------------------------------------------------------
-def on_synthetic_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def _on_synthetic_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of `config` reading `data.name='synthetic'`: constant examples of its resolution."""
     from dalle2_jax.data import pipeline
 
@@ -169,12 +169,13 @@ def abstract_clip(clip_config: ml_collections.ConfigDict) -> Any:
 
 
 def make_abstract_stage(config: ml_collections.ConfigDict, clip_config: ml_collections.ConfigDict | None) -> Any:
-    """The stage of `config` (which should read synthetic data; see `on_synthetic_data`), and, for a
-    prior or decoder, on `abstract_clip`."""
+    """The stage of `config` on synthetic data (no dataset is read or prepared), and, for a prior or
+    decoder, on `abstract_clip`."""
     from dalle2_jax.stages import make_stage
     from dalle2_jax.stages.decoder import DecoderStage
     from dalle2_jax.stages.prior import PriorStage
 
+    config = _on_synthetic_data(config)
     clip_conditioned = {"prior": PriorStage, "decoder": DecoderStage}
     if config.stage not in clip_conditioned:
         return make_stage(config)
@@ -364,7 +365,6 @@ def run(config: ml_collections.ConfigDict, topology_name: str,
         config_schema.validate(config, num_devices=len(devices), num_processes=1)
     except ConfigError as e:
         raise ConfigError(f"{e} (--topology={topology.name} has {len(devices)} devices)") from None
-    config = on_synthetic_data(config)
     return check_train_step(config, make_abstract_stage(config, clip_config), topology, devices)
 
 

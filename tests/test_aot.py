@@ -128,23 +128,24 @@ def test_flops_of_scanned_towers_count_every_block():
 
 
 def test_decoder_conditions_on_an_abstract_clip_and_prior_reads_encoded_shapes():
-    """No CLIP run or dataset is read: the decoder's frozen CLIP has abstract parameters, and the
+    """No CLIP run or dataset is read (the configs name the shapes dataset in a missing directory,
+    and the stages read synthetic data instead): the decoder's frozen CLIP has abstract parameters, and the
     prior's precomputed-embedding batch has the shapes CLIP's encode gives."""
     clip_config = tiny_clip()
     clip = aot.abstract_clip(clip_config)
     assert clip.embed_dim == 16 and all(hasattr(x, "shape") and not hasattr(x, "addressable_shards")
                                         for x in aot.jax.tree.leaves(clip.params))
-    prior_config = aot.on_synthetic_data(set_fields(
+    prior_config = set_fields(
         load_config("configs/shapes/prior.py"),
         {"clip.workdir": "unused", "model.width": 16, "model.depth": 1, "model.num_heads": 2,
-         "data.data_dir": "/nonexistent"}))
+         "data.data_dir": "/nonexistent"})
     prior = aot.make_abstract_stage(prior_config, clip_config)
     shapes = {k: (v.shape, str(v.dtype)) for k, v in aot.example_shapes(prior).items()}
     assert shapes == {"image_embed": ((16,), "float32"), "text_embed": ((16,), "float32"),
                       "text_encodings": ((16, 16), "float32"), "text_mask": ((16,), "bool")}
-    decoder_config = aot.on_synthetic_data(set_fields(
+    decoder_config = set_fields(
         load_config("configs/shapes/decoder.py"),
-        {**TINY_DECODER_OVERRIDES, "clip.workdir": "unused", "data.data_dir": "/nonexistent"}))
+        {**TINY_DECODER_OVERRIDES, "clip.workdir": "unused", "data.data_dir": "/nonexistent"})
     decoder = aot.make_abstract_stage(decoder_config, clip_config)
     assert set(aot.example_shapes(decoder)) == {"image", "tokens"}
     with pytest.raises(aot.AotError, match="--clip_config"):
