@@ -40,12 +40,14 @@ _IMAGE = flags.DEFINE_multi_string("image", [], "Source image file(s): one for v
                                    "for interpolate.")
 _NUM = flags.DEFINE_integer("num", 8, "Variations, or interpolation points (endpoints included).")
 _ETA = flags.DEFINE_float("eta", 1.0, "Variations: DDIM noise of the decoder (> 0 gives variety).")
-_FROM_INVERTED = flags.DEFINE_bool("from_inverted", False, "Variations: start from the image's DDIM-inverted "
-                                   "latent instead of fresh noise.")
+_FROM_INVERTED = flags.DEFINE_bool("from_inverted", True, "Variations: start from the image's DDIM-inverted "
+                                   "latent, as in the paper (false: from fresh noise).")
 _LATENT = flags.DEFINE_enum("latent", "inverted", ("inverted", "fixed"),
                             "Interpolation: slerp the inverted latents, or one fixed random latent.")
 _CAPTION = flags.DEFINE_string("caption", None, "Text diff: a caption of the source image.")
 _TARGET = flags.DEFINE_string("target", None, "Text diff: the caption to move towards.")
+_WITH_CAPTIONS = flags.DEFINE_bool("with_captions", False, "Text diff: also give the decoder the captions (inverted "
+                                   "under --caption, decoded under --target); the paper's moves the embedding only.")
 _THETAS = flags.DEFINE_list("thetas", ["0", "0.1", "0.2", "0.3", "0.4", "0.5"], "Text diff: slerp angles "
                             "(fractions of the way to the text diff).")
 _SET = flags.DEFINE_multi_string("set", [], "STAGE.FIELD=VALUE: a sampling override, e.g. decoder.num_steps=25.")
@@ -145,9 +147,10 @@ def generate(pipeline) -> tuple[np.ndarray, list[dict]]:
         thetas = [float(t) for t in _THETAS.value]
     except ValueError:
         raise InputError(f"--thetas={','.join(_THETAS.value)}: expected numbers") from None
-    pictures = pipeline.text_diff(sources[0], _CAPTION.value, _TARGET.value, thetas, seed)
+    pictures = pipeline.text_diff(sources[0], _CAPTION.value, _TARGET.value, thetas, seed,
+                                  with_captions=_WITH_CAPTIONS.value)
     return pictures, [{"mode": mode, "source": _IMAGE.value[0], "caption": _CAPTION.value, "target": _TARGET.value,
-                       "theta": t, "seed": seed} for t in thetas]
+                       "theta": t, "seed": seed, "with_captions": _WITH_CAPTIONS.value} for t in thetas]
 
 
 def main(argv: list[str]) -> None:

@@ -347,6 +347,33 @@ def test_ddim_inversion_reconstructs():
     assert round_trip(100, 2) < 1e-2
 
 
+def test_image_inversion_round_trips_through_the_guided_sampler():
+    """`ImageDiffusion.invert` inverts the very step `sample` takes (guidance, x0 clipping), so the
+    guided DDIM round trip comes back; inverting the conditional model alone, then sampling with
+    guidance (what the pipeline did before), does not."""
+    from dalle2_jax.stages import image_diffusion
+
+    diffusion = image_diffusion.ImageDiffusion(image_diffusion.diffusion_config("x0"),
+                                               image_diffusion.sampling_config(num_steps=50, guidance_scale=2.0))
+    shift = jnp.asarray([0.3, -0.2, 0.1])
+
+    def cond_model_fn(x_t, t, use_condition):  # x0 of N(+-shift, 0.3^2) pixels, the sign by condition
+        a = BASE.sqrt_alphas_cumprod[t][:, None, None, None]
+        s = BASE.sqrt_one_minus_alphas_cumprod[t][:, None, None, None]
+        mean = jnp.where(use_condition[:, None, None, None], shift, -shift)
+        return mean + a * 0.09 * (x_t - a * mean) / (a**2 * 0.09 + s**2)
+
+    x0 = jnp.clip(shift + 0.3 * jax.random.normal(jax.random.key(3), (4, 8, 8, 3)), -1, 1)
+
+    def round_trip(inversion_sampling):
+        x_T = jax.jit(lambda: diffusion.invert(cond_model_fn, x0, inversion_sampling, refine_steps=2))()
+        x = jax.jit(lambda: diffusion.sample(cond_model_fn, x0.shape, jax.random.key(0), x_T=x_T))()
+        return float(jnp.max(jnp.abs(x - x0)))
+
+    assert round_trip(None) < 0.02  # the config's sampling: guidance 2, as `sample` uses
+    assert round_trip(image_diffusion.sampling_config(num_steps=50, guidance_scale=1.0)) > 0.1
+
+
 def test_initial_noise_is_used_and_validated():
     model_fn = gaussian_denoiser("x0")
     x_T = jax.random.normal(jax.random.key(8), (4, DIM))

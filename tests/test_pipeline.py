@@ -56,6 +56,9 @@ def test_manipulations_produce_images(pipeline):
         assert pipeline.interpolate(a, b, [0.0, 0.5, 1.0], seed=0, latent=latent).shape == (3, 64, 64, 3)
     diffs = pipeline.text_diff(a, PROMPTS[0], PROMPTS[0].replace("red", "blue"), [0.0, 0.25], seed=0)
     assert diffs.shape == (2, 64, 64, 3)
+    captioned = pipeline.text_diff(a, PROMPTS[0], PROMPTS[0].replace("red", "blue"), [0.0, 0.25], seed=0,
+                                   with_captions=True)
+    assert captioned.shape == (2, 64, 64, 3) and not np.array_equal(captioned, diffs)
     with pytest.raises(ValueError, match="latent='slerped'"):
         pipeline.interpolate(a, b, [0.0], seed=0, latent="slerped")
 
@@ -147,4 +150,6 @@ def test_manipulation_measurements_run(pipeline, shapes_data_dir):
     assert 0.0 <= metrics["variations/all_attributes_kept"] <= 1.0
     assert 0.0 <= metrics["interpolation/endpoints_reproduce_source_attributes"] <= 1.0
     assert "text_diff/theta_0.5/took_target_color" in metrics
+    assert "text_diff_with_captions/theta_0.5/took_target_color" in metrics
+    assert metrics["variations/mean_abs_diff_to_source"] > 0 and metrics["variations/mean_abs_diff_between"] > 0
     assert grids["interpolations"].dtype == np.uint8

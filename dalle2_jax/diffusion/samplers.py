@@ -190,7 +190,8 @@ def ddim_sample(
 
 
 def ddim_invert(
-    model_fn: ModelFn, schedule: Schedule, x0: jax.Array, objective: str, refine_steps: int = 0
+    model_fn: ModelFn, schedule: Schedule, x0: jax.Array, objective: str, refine_steps: int = 0,
+    clip_x0: float | None = None,
 ) -> jax.Array:
     """x_T whose eta = 0 DDIM sample over `schedule` is (approximately) `x0`.
 
@@ -201,7 +202,8 @@ def ddim_invert(
     round trip is off by O(1 / N)), then `refine_steps` times re-evaluates eps at the new x_i,
     a fixed-point iteration towards the exact inverse of the sampler's step (it contracts where
     eps_hat varies slowly in x, everywhere but at the noisiest entries). Each refinement costs
-    one more model call per step.
+    one more model call per step. `clip_x0` clamps each x0 estimate as the sampler that is to
+    map x_T back does (`ddim_sample`'s), so that both run the same step.
     """
     check_objective(objective)
 
@@ -213,9 +215,9 @@ def ddim_invert(
             return alpha * (x - sigma_prev * eps) / alpha_prev + sigma * eps
 
         def refine(_: int, x_new: jax.Array) -> jax.Array:
-            return move(_predict(model_fn, schedule, objective, x_new, i, None)[1])
+            return move(_predict(model_fn, schedule, objective, x_new, i, clip_x0)[1])
 
-        _, eps, _, _ = _predict(model_fn, schedule, objective, x, jnp.maximum(i - 1, 0), None)
+        _, eps, _, _ = _predict(model_fn, schedule, objective, x, jnp.maximum(i - 1, 0), clip_x0)
         return jax.lax.fori_loop(0, refine_steps, refine, move(eps))
 
     return jax.lax.fori_loop(0, schedule.num_timesteps, step, jnp.asarray(x0, jnp.float32))

@@ -3,10 +3,16 @@
     python -m dalle2_jax.evaluation.manipulations --workdir=runs/shapes_unclip [--num_sources=24]
 
 On validation images (seen color/shape pairs) of a finished main-job run:
-  - variations (sec. 3.1): the fraction of variations whose five attributes equal the source's;
+  - variations (sec. 3.1): decoded from the image's DDIM-inverted latent with DDIM eta > 0, as in
+    the paper (`--from_inverted=false`: from fresh noise); the fraction of variations whose five
+    attributes equal the source's, and how far they are from the source and from one another
+    (mean absolute pixel difference, 0-255, at CLIP's resolution): a variation that copied its
+    source would keep every attribute and differ by ~0;
   - text diffs (sec. 3.3): each source's color changed by its caption ("red" -> the next color)
     at several theta; per theta the fraction that took the target color and, of those, the
-    fraction that kept the other four attributes;
+    fraction that kept the other four attributes. Measured twice: as in the paper (the
+    embedding moves, no caption) and with the captions given to the decoder
+    (`Pipeline.text_diff(with_captions=True)`);
   - interpolations (sec. 3.2): pairs of sources interpolated with slerped inverted latents; the
     fraction of endpoints (theta = 0 and 1) whose attributes equal their source's.
 Prints one JSON object and writes it, with grids of every manipulation, to
@@ -32,6 +38,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_variations", 4, "Variations per source.")
     flags.DEFINE_list("thetas", ["0.25", "0.5", "0.75"], "Text-diff slerp angles.")
     flags.DEFINE_float("eta", 1.0, "DDIM noise of the variations.")
+    flags.DEFINE_bool("from_inverted", True, "Variations from the source's DDIM-inverted latent (the paper's).")
 
 
 def _matches(predicted: dict[str, str], target: dict[str, str], skip: str = "") -> bool:
@@ -39,7 +46,8 @@ def _matches(predicted: dict[str, str], target: dict[str, str], skip: str = "") 
 
 
 def measure(pipeline, sources: np.ndarray, attributes: list[dict[str, str]], num_variations: int,
-            thetas: list[float], eta: float) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+            thetas: list[float], eta: float, from_inverted: bool = True
+            ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The three measurements above; returns (metrics, grids)."""
     from dalle2_jax import images
     from dalle2_jax.data import shapes
@@ -49,31 +57,46 @@ def measure(pipeline, sources: np.ndarray, attributes: list[dict[str, str]], num
         predictions = predict(pictures)
         return [predictions.attributes(k) for k in range(len(pictures))]
 
+    def at_source_size(pictures: np.ndarray) -> np.ndarray:
+        return pipeline.input_images(pictures).astype(np.float32)
+
     metrics: dict[str, float] = {}
     grids: dict[str, list[np.ndarray]] = {"variations": [], "text_diffs": [], "interpolations": []}
-    kept, total = 0, 0
-    diff_hits = {t: [0, 0] for t in thetas}  # theta -> [took target color, and kept the other four]
+    kept, total, to_source, between = 0, 0, [], []
+    modes = {"text_diff": False, "text_diff_with_captions": True}
+    diff_hits = {(m, t): [0, 0] for m in modes for t in thetas}  # -> [took target color, and kept the other four]
     for k, (source, target) in enumerate(zip(sources, attributes)):
         picture = pipeline.input_image(source)
-        variations = pipeline.variations(picture, [k * 100 + j for j in range(num_variations)], eta=eta)
+        variations = pipeline.variations(picture, [k * 100 + j for j in range(num_variations)], eta=eta,
+                                         from_inverted=from_inverted)
         found = attrs(variations)
         kept += sum(_matches(f, target) for f in found)
         total += len(found)
+        small = at_source_size(variations)
+        to_source.append(np.mean(np.abs(small - picture.astype(np.float32))))
+        if num_variations > 1:
+            pairs = np.abs(small[:, None] - small[None]).mean(axis=(2, 3, 4))
+            between.append(pairs.sum() / (num_variations * (num_variations - 1)))
         grids["variations"] += [source, *variations]
 
         colors = shapes.COLORS
         new_color = colors[(colors.index(target["color"]) + 1) % len(colors)]
         caption = shapes.caption(**target)
-        diffs = pipeline.text_diff(picture, caption, caption.replace(target["color"], new_color, 1), thetas, seed=k)
-        for theta, f in zip(thetas, attrs(diffs)):
-            if f["color"] == new_color:
-                diff_hits[theta][0] += 1
-                diff_hits[theta][1] += _matches(f, target, skip="color")
-        grids["text_diffs"] += [source, *diffs]
+        for mode, with_captions in modes.items():
+            diffs = pipeline.text_diff(picture, caption, caption.replace(target["color"], new_color, 1), thetas,
+                                       seed=k, with_captions=with_captions)
+            for theta, f in zip(thetas, attrs(diffs)):
+                if f["color"] == new_color:
+                    diff_hits[mode, theta][0] += 1
+                    diff_hits[mode, theta][1] += _matches(f, target, skip="color")
+            grids["text_diffs"] += [source, *diffs]
     metrics["variations/all_attributes_kept"] = kept / total
-    for theta, (took, kept_others) in diff_hits.items():
-        metrics[f"text_diff/theta_{theta:g}/took_target_color"] = took / len(sources)
-        metrics[f"text_diff/theta_{theta:g}/kept_others_given_color"] = kept_others / took if took else float("nan")
+    metrics["variations/mean_abs_diff_to_source"] = float(np.mean(to_source))
+    if between:
+        metrics["variations/mean_abs_diff_between"] = float(np.mean(between))
+    for (mode, theta), (took, kept_others) in diff_hits.items():
+        metrics[f"{mode}/theta_{theta:g}/took_target_color"] = took / len(sources)
+        metrics[f"{mode}/theta_{theta:g}/kept_others_given_color"] = kept_others / took if took else float("nan")
 
     endpoint_hits, endpoints = 0, 0
     for a in range(0, len(sources) - 1, 2):
@@ -84,7 +107,7 @@ def measure(pipeline, sources: np.ndarray, attributes: list[dict[str, str]], num
         endpoints += 2
         grids["interpolations"] += [sources[a], *path, sources[a + 1]]
     metrics["interpolation/endpoints_reproduce_source_attributes"] = endpoint_hits / endpoints
-    columns = {"variations": 1 + num_variations, "text_diffs": 1 + len(thetas), "interpolations": 7}
+    columns = {"variations": 1 + num_variations, "text_diffs": 2 * (1 + len(thetas)), "interpolations": 7}
     return metrics, {name: images.grid(cells, columns=columns[name]) for name, cells in grids.items()}
 
 
@@ -113,7 +136,7 @@ def main(argv: list[str]) -> None:
     combos = shapes.all_combinations()
     attributes = [combos[c] for c in data["combination"]]
     metrics, grids = measure(pipeline, data["image"], attributes, args.num_variations,
-                             [float(t) for t in args.thetas], args.eta)
+                             [float(t) for t in args.thetas], args.eta, args.from_inverted)
     out = epath.Path(args.workdir) / "manipulations"
     out.mkdir(parents=True, exist_ok=True)
     for name, picture in grids.items():

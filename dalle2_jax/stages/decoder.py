@@ -159,28 +159,31 @@ class DecoderStage(Stage):
         return jnp.mean(loss), metrics
 
     # --- sampling -----------------------------------------------------------------------------
-    def generate(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array,
-                 sampling: ml_collections.ConfigDict | None = None) -> jax.Array:
-        """Images [B, R, R, 3] in [-1, 1] for batch["image_embed"] (unit CLIP image embeddings) and
-        batch["tokens"]; batch["x_T"] (optional) fixes the initial noise."""
-        clip_embed, tokens = batch["image_embed"], batch["tokens"]
-        rows, size = clip_embed.shape[0], self.model.image_size
+    def _conditioned(self, params: Any, clip_embed: jax.Array, tokens: jax.Array) -> image_diffusion.CondModelFn:
+        """cond_model_fn of the samplers for these [B] conditions (a guided batch is [2B])."""
+        rows = clip_embed.shape[0]
 
         def cond_model_fn(x_t, t, use_condition):
             repeats = x_t.shape[0] // rows
             return self.apply(params, x_t, t, jnp.tile(clip_embed, (repeats, 1)), jnp.tile(tokens, (repeats, 1)),
                               use_condition)
 
-        return self.diffusion.sample(cond_model_fn, (rows, size, size, 3), rng, sampling, batch.get("x_T"))
+        return cond_model_fn
 
-    def invert(self, params: Any, batch: Mapping[str, jax.Array], num_steps: int) -> jax.Array:
-        """DDIM-inverted latents x_T of batch["image"] (uint8) under its embedding and caption."""
-        clip_embed, tokens = batch["image_embed"], batch["tokens"]
+    def generate(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array,
+                 sampling: ml_collections.ConfigDict | None = None) -> jax.Array:
+        """Images [B, R, R, 3] in [-1, 1] for batch["image_embed"] (unit CLIP image embeddings) and
+        batch["tokens"]; batch["x_T"] (optional) fixes the initial noise."""
+        rows, size = batch["image_embed"].shape[0], self.model.image_size
+        return self.diffusion.sample(self._conditioned(params, batch["image_embed"], batch["tokens"]),
+                                     (rows, size, size, 3), rng, sampling, batch.get("x_T"))
 
-        def cond_model_fn(x_t, t, use_condition):
-            return self.apply(params, x_t, t, clip_embed, tokens, use_condition)
-
-        return self.diffusion.invert(cond_model_fn, to_model_images(batch["image"]), num_steps)
+    def invert(self, params: Any, batch: Mapping[str, jax.Array], sampling: ml_collections.ConfigDict | None = None,
+               refine_steps: int = 0) -> jax.Array:
+        """DDIM-inverted latents x_T of batch["image"] (uint8) under its embedding and caption: what
+        `generate` with DDIM, eta = 0 and `sampling`'s steps and guidance maps back to the image."""
+        cond_model_fn = self._conditioned(params, batch["image_embed"], batch["tokens"])
+        return self.diffusion.invert(cond_model_fn, to_model_images(batch["image"]), sampling, refine_steps)
 
     def _encode(self, clip_params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
         return self.clip.encode_images(clip_params, batch["image"])

@@ -145,12 +145,17 @@ class ImageDiffusion:
             x = samplers.dpm_solver_pp_2m_sample(model_fn, schedule, shape, rng, objective, clip_x0=1.0, x_T=x_T)
         return jnp.clip(x, -1.0, 1.0)
 
-    def invert(self, cond_model_fn: CondModelFn, x0: jax.Array, num_steps: int,
-               guidance_scale: float = 1.0) -> jax.Array:
-        """The DDIM latent x_T that `num_steps` deterministic DDIM steps map back to x0 (unCLIP sec. 3.1)."""
-        schedule = schedules.respace(self.schedule, num_steps)
-        model_fn = self.guided(cond_model_fn, guidance_scale)
-        return samplers.ddim_invert(model_fn, schedule, x0, self.diffusion.objective)
+    def invert(self, cond_model_fn: CondModelFn, x0: jax.Array, sampling: ml_collections.ConfigDict | None = None,
+               refine_steps: int = 0) -> jax.Array:
+        """The DDIM latent x_T of x0 (unCLIP sec. 3.1): what `sample` with DDIM, eta = 0 and the
+        steps and guidance of `sampling` (the config's by default) maps back to x0. Inverting
+        with the very model function and x0 clipping that decode it is what makes the round trip
+        close; `refine_steps` fixed-point refinements per step (`samplers.ddim_invert`) close it
+        further."""
+        sampling = sampling or self.sampling
+        schedule = schedules.respace(self.schedule, sampling.num_steps)
+        model_fn = self.guided(cond_model_fn, sampling.guidance_scale)
+        return samplers.ddim_invert(model_fn, schedule, x0, self.diffusion.objective, refine_steps, clip_x0=1.0)
 
     def guided(self, cond_model_fn: CondModelFn, guidance_scale: float) -> samplers.ModelFn:
         """model_fn(x_t, t) of the sampler: the conditional model, or classifier-free guidance."""
