@@ -10,9 +10,10 @@ Then it generates a fixed set of prompts (seen and held-out color/shape pairs) i
 `WORKDIR/samples/` (PNGs, grid.png, manifest.jsonl) and scores their attributes.
 Every field is overridable: `--config.prior.train.num_steps=500`, `--config.samples.num_seen=24`.
 `WORKDIR/report.json` collects each stage's final evaluation and wall time and the samples'
-attribute accuracy. Measured (2026-11-27, fresh clone of 11df8d4, 2-core CPU): 36 min 48 s
-including the install; the samples' all-five attribute accuracy 72.9% seen / 54.2% held-out
-(shape is the failing attribute). README has the per-stage numbers.
+attribute accuracy. Measured (2026-11-28, fresh clone of 9be4a6f, 2-core AMD EPYC CPU): 50 min
+48 s including the install (the same stages took 36 min 48 s on the faster Intel machine of
+2026-11-27); the samples' all-five attribute accuracy 91.7% seen / 54.2% held-out (shape is the
+failing attribute). README has the per-stage numbers.
 """
 
 import importlib.util
