@@ -149,7 +149,6 @@ class Pipeline:
         rules = sharding.rules_from_config(config_schema.DEFAULT_RULES)
         self._infer = Inference(sharding.batch_sharding(mesh, rules), batch_size)
         self._programs: dict[float, Any] = {}
-        self.invert_refine_steps = INVERT_REFINE_STEPS
 
     def _sampling(self, overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, ml_collections.ConfigDict]:
         out = {name: ml_collections.ConfigDict(stage.config.sampling.to_dict()) for name, stage in self.stages.items()}
@@ -250,20 +249,17 @@ class Pipeline:
 
     def _invert(self, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
         decoder = self.stages[self.decoder_name]
-        return decoder.invert(params[self.decoder_name], batch, self._manipulation_sampling(0.0),
-                              self.invert_refine_steps)
+        return decoder.invert(params[self.decoder_name], batch, self._manipulation_sampling(0.0), INVERT_REFINE_STEPS)
 
     def _decoder_program(self, eta: float):
-        """The jitted-once program decoding batch{image_embed, seed[, x_T]} without a caption, with
-        the decoder's sampling at DDIM noise `eta` (the manipulations' setting)."""
+        """The jitted-once program decoding batch{image_embed, tokens, seed[, x_T]}, with the
+        decoder's sampling at DDIM noise `eta` (the manipulations' setting)."""
         if eta not in self._programs:
             sampling = self._manipulation_sampling(eta)
 
             def program(params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
-                tokens = batch.get("tokens")
-                if tokens is None:
-                    tokens = jnp.zeros((batch["seed"].shape[0], self.clip.context_length), jnp.int32)
-                return self._decode(params, batch["image_embed"], tokens, batch["seed"], batch.get("x_T"), sampling)
+                return self._decode(params, batch["image_embed"], batch["tokens"], batch["seed"], batch.get("x_T"),
+                                    sampling)
 
             self._programs[eta] = program
         return self._programs[eta]
@@ -278,12 +274,15 @@ class Pipeline:
 
     def _manipulate(self, embeds: np.ndarray, seeds: Sequence[int], x_T: np.ndarray | None, eta: float,
                     tokens: np.ndarray | None = None) -> np.ndarray:
-        batch = {"image_embed": np.asarray(embeds, np.float32), "seed": np.asarray(seeds, np.int32)}
+        batch = {"image_embed": np.asarray(embeds, np.float32), "seed": np.asarray(seeds, np.int32),
+                 "tokens": self._caption_tokens(len(seeds), tokens)}
         if x_T is not None:
             batch["x_T"] = np.asarray(x_T, np.float32)
-        if tokens is not None:
-            batch["tokens"] = tokens
         return images.to_uint8(self._infer(self._decoder_program(eta), self.params, batch))
+
+    def _caption_tokens(self, n: int, tokens: np.ndarray | None) -> np.ndarray:
+        """The given caption tokens, or n empty captions (all padding: the caption dropped)."""
+        return np.zeros((n, self.clip.context_length), np.int32) if tokens is None else tokens
 
     def image_embeddings(self, pictures: np.ndarray) -> np.ndarray:
         """Unit CLIP image embeddings of uint8 [N, R, R, 3] images."""
@@ -299,11 +298,8 @@ class Pipeline:
         """DDIM latents x_T of the images (resized to the decoder's size) under their embeddings
         (and caption tokens; none by default): what the manipulations' decoding maps back to them."""
         size = self.stages[self.decoder_name].model.image_size
-        n = len(pictures)
-        if tokens is None:
-            tokens = np.zeros((n, self.clip.context_length), np.int32)
         batch = {"image": self._images_at(pictures, size), "image_embed": np.asarray(embeds, np.float32),
-                 "tokens": tokens}
+                 "tokens": self._caption_tokens(len(pictures), tokens)}
         return self._infer(self._invert, self.params, batch)
 
     def variations(self, picture: np.ndarray, seeds: Sequence[int], eta: float = 1.0,
