@@ -152,4 +152,5 @@ def test_manipulation_measurements_run(pipeline, shapes_data_dir):
     assert "text_diff/theta_0.5/took_target_color" in metrics
     assert "text_diff_with_captions/theta_0.5/took_target_color" in metrics
     assert metrics["variations/mean_abs_diff_to_source"] > 0 and metrics["variations/mean_abs_diff_between"] > 0
+    assert metrics["variations/dataset_mean_abs_diff_between_same_attributes"] > 0
     assert grids["interpolations"].dtype == np.uint8

@@ -164,6 +164,18 @@ def test_sampled_centers_follow_jitter_and_clipping():
     assert len(left_large_x) > 100 and 0.35 < pinned < 0.65
 
 
+def test_renders_of_vary_only_by_jitter():
+    attrs = {"background": "white", "color": "red", "shape": "square", "size": "small", "position": "left"}
+    renders = shapes.renders_of(attrs, 6, 32, np.random.default_rng(0))
+    assert renders.shape == (6, 32, 32, 3) and renders.dtype == np.uint8
+    assert len({r.tobytes() for r in renders}) > 1  # the jitter moves the square
+    for render in renders:  # each is a render of the same attributes at a center near the anchor
+        inside = np.argwhere(np.all(render == RED, axis=-1))
+        center_x = (inside[:, 1].mean() + 0.5) / 32
+        assert abs(center_x - shapes.POSITION_ANCHOR["left"][0]) <= shapes.JITTER + 1 / 32
+        assert {tuple(p) for p in render.reshape(-1, 3)} == {RED, WHITE}
+
+
 def test_split_pairs():
     train = shapes.split_pairs("train")
     assert len(train) == 20 and shapes.split_pairs("validation") == train

@@ -208,10 +208,20 @@ def sample_attributes_and_center(
         "size": SIZES[rng.integers(len(SIZES))],
         "position": POSITIONS[rng.integers(len(POSITIONS))],
     }
+    return attrs, sample_center(rng, attrs)
+
+
+def sample_center(rng: np.random.Generator, attrs: Mapping[str, str]) -> tuple[float, float]:
+    """The clipped center of a shape with these attributes: its position's anchor plus jitter."""
     jitter = rng.uniform(-JITTER, JITTER, size=2)
     anchor = POSITION_ANCHOR[attrs["position"]]
-    center = clip_center((anchor[0] + jitter[0], anchor[1] + jitter[1]), attrs["size"])
-    return attrs, center
+    return clip_center((anchor[0] + jitter[0], anchor[1] + jitter[1]), attrs["size"])
+
+
+def renders_of(attrs: Mapping[str, str], count: int, resolution: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` renders [count, R, R, 3] of one attribute combination at fresh jitter: all the
+    variation the dataset itself has once the five attributes are fixed."""
+    return np.stack([render(attrs, sample_center(rng, attrs), resolution) for _ in range(count)])
 
 
 def generate_example(

@@ -7,7 +7,9 @@ On validation images (seen color/shape pairs) of a finished main-job run:
     the paper (`--from_inverted=false`: from fresh noise); the fraction of variations whose five
     attributes equal the source's, and how far they are from the source and from one another
     (mean absolute pixel difference, 0-255, at CLIP's resolution): a variation that copied its
-    source would keep every attribute and differ by ~0;
+    source would keep every attribute and differ by ~0. For scale, the same difference between
+    renders of the source's own five attributes at fresh jitter (`shapes.renders_of`): on shapes
+    the attributes fix everything else, so a faithful variation can differ only that much;
   - text diffs (sec. 3.3): each source's color changed by its caption ("red" -> the next color)
     at several theta; per theta the fraction that took the target color and, of those, the
     fraction that kept the other four attributes. Measured twice: as in the paper (the
@@ -45,6 +47,13 @@ def _matches(predicted: dict[str, str], target: dict[str, str], skip: str = "") 
     return all(predicted[k] == target[k] for k in target if k != skip)
 
 
+def _mean_pairwise_diff(pictures: np.ndarray) -> float:
+    """Mean absolute pixel difference over the ordered pairs of distinct pictures [N, R, R, 3]."""
+    count = len(pictures)
+    pictures = pictures.astype(np.float32)
+    return float(np.abs(pictures[:, None] - pictures[None]).mean(axis=(2, 3, 4)).sum() / (count * (count - 1)))
+
+
 def measure(pipeline, sources: np.ndarray, attributes: list[dict[str, str]], num_variations: int,
             thetas: list[float], eta: float, from_inverted: bool = True
             ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -62,7 +71,7 @@ def measure(pipeline, sources: np.ndarray, attributes: list[dict[str, str]], num
 
     metrics: dict[str, float] = {}
     grids: dict[str, list[np.ndarray]] = {"variations": [], "text_diffs": [], "interpolations": []}
-    kept, total, to_source, between = 0, 0, [], []
+    kept, total, to_source, between, dataset_between = 0, 0, [], [], []
     modes = {"text_diff": False, "text_diff_with_captions": True}
     diff_hits = {(m, t): [0, 0] for m in modes for t in thetas}  # -> [took target color, and kept the other four]
     for k, (source, target) in enumerate(zip(sources, attributes)):
@@ -75,8 +84,9 @@ def measure(pipeline, sources: np.ndarray, attributes: list[dict[str, str]], num
         small = at_source_size(variations)
         to_source.append(np.mean(np.abs(small - picture.astype(np.float32))))
         if num_variations > 1:
-            pairs = np.abs(small[:, None] - small[None]).mean(axis=(2, 3, 4))
-            between.append(pairs.sum() / (num_variations * (num_variations - 1)))
+            between.append(_mean_pairwise_diff(small))
+            renders = shapes.renders_of(target, num_variations, len(picture), np.random.default_rng(k))
+            dataset_between.append(_mean_pairwise_diff(renders))
         grids["variations"] += [source, *variations]
 
         colors = shapes.COLORS
@@ -94,6 +104,7 @@ def measure(pipeline, sources: np.ndarray, attributes: list[dict[str, str]], num
     metrics["variations/mean_abs_diff_to_source"] = float(np.mean(to_source))
     if between:
         metrics["variations/mean_abs_diff_between"] = float(np.mean(between))
+        metrics["variations/dataset_mean_abs_diff_between_same_attributes"] = float(np.mean(dataset_between))
     for (mode, theta), (took, kept_others) in diff_hits.items():
         metrics[f"{mode}/theta_{theta:g}/took_target_color"] = took / len(sources)
         metrics[f"{mode}/theta_{theta:g}/kept_others_given_color"] = kept_others / took if took else float("nan")
