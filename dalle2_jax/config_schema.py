@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 256  # global training batch (all hosts and devices together)
     c.data.eval_batch_size = 512  # global batch for evaluation
     c.data.eval_limit = 0  # examples per eval split (0 = all)
+    c.data.cache_in_memory = False  # keep decoded examples in host memory once read (small datasets)
     c.data.num_threads = 2  # grain reader threads per host
     c.data.prefetch = 4  # grain prefetch buffer (elements)
 

@@ -23,6 +23,7 @@ def get_config(arg: str | None = None):
     config = config_schema.for_stage("clip")
     config.data.resolution = resolution
     config.data.batch_size = 256
+    config.data.cache_in_memory = True  # decoded once per process (the main job's stages share it)
     config.data.eval_batch_size = 512
     # Hashed words: a caption is ~12 tokens instead of ~60 bytes, which makes the text tower
     # about 4x cheaper than the byte tokenizer on this CPU.

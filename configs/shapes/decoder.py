@@ -23,6 +23,7 @@ def get_config(arg: str | None = None):
     config = config_schema.for_stage("decoder")
     config.clip.workdir = "runs/shapes_clip"
     config.data.batch_size = 32
+    config.data.cache_in_memory = True  # decoded once per process (the main job's stages share it)
     config.data.eval_batch_size = 32
 
     # On 2 x 2 patches (16 x 16 positions, 64 then 128 channels): the same FLOPs per layer as

@@ -20,6 +20,7 @@ def get_config(arg: str | None = None):
     config = config_schema.for_stage("prior")
     config.clip.workdir = "runs/shapes_clip"
     config.data.batch_size = 256
+    config.data.cache_in_memory = True  # decoded once per process (the main job's stages share it)
     config.data.eval_batch_size = 256
 
     config.model.width = 128

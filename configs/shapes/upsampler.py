@@ -22,6 +22,7 @@ def get_config(arg: str | None = None):
     config.data.resolution = 64
     config.data.train_size = 20_000
     config.data.batch_size = 32
+    config.data.cache_in_memory = True  # decoded once per process (the main job's stages share it)
     config.data.eval_batch_size = 32
 
     config.model.image_size = 64
