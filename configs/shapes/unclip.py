@@ -10,9 +10,10 @@ Then it generates a fixed set of prompts (seen and held-out color/shape pairs) i
 `WORKDIR/samples/` (PNGs, grid.png, manifest.jsonl) and scores their attributes.
 Every field is overridable: `--config.prior.train.num_steps=500`, `--config.samples.num_seen=24`.
 `WORKDIR/report.json` collects each stage's final evaluation and wall time and the samples'
-attribute accuracy. Measured (2026-11-28, fresh clone of 9be4a6f, 2-core AMD EPYC CPU): 50 min
-48 s including the install (the same stages took 36 min 48 s on the faster Intel machine of
-2026-11-27); the samples' all-five attribute accuracy 91.7% seen / 54.2% held-out (shape is the
+attribute accuracy. Measured (2026-11-28, fresh clones, 2-core AMD EPYC CPU): 38 min 52 s
+including the install (caa5c80, on a day the machine ran 20-30% faster) and 48:40-50:48 (fcabbe9,
+9be4a6f, slower days); 36 min 48 s on the faster Intel machine of 2026-11-27. The samples'
+all-five attribute accuracy 91.7% seen / 54.2% held-out in all three AMD runs (shape is the
 failing attribute). README has the per-stage numbers.
 """
 
