@@ -5,12 +5,13 @@
     python bench/ab_train.py --a_env=XLA_FLAGS=--xla_cpu_multi_thread_eigen=false -- \
         --config=configs/shapes/decoder.py --config.clip.workdir=runs/shapes_unclip/clip
 
-Why: on a shared 2-core VM the same train step measured 25% apart in back-to-back runs
-(`bench/train_step.py`), more than most changes worth testing. Here both settings train (the
-real command line, everything after `--`, each in a temporary workdir) in one process each; once
-both have compiled, they run in turns of `--window` seconds (the other one stopped with SIGSTOP),
-alternating which goes first, so slow and fast spells of the machine fall on both alike. It
-prints the steps each completed per turn and in total; with `--skip_rounds` the first turns
+Why: on a shared 2-core VM the same train step measured a third apart in back-to-back runs
+(`bench/train_step.py`: the decoder's at 47.7 and 72.4 GFLOP/s), more than most changes worth
+testing. Here both settings train (the real command line, everything after `--`, each in a
+temporary workdir) in one process each; once both have compiled, they run in turns of
+`--window` seconds (the other one stopped with SIGSTOP), alternating which goes first, so slow
+and fast spells of the machine fall on both alike. It prints the steps each completed per turn
+and in total; with `--skip_rounds` the first turns
 (warm-up, or a cache still filling) are left out of the total.
 """
 
