@@ -94,11 +94,15 @@ def open_splits(data_cfg: Any, splits: Sequence[str]) -> dict[str, Any]:
             raise DatasetError(f"data.name={data_cfg.name!r} has no split {split!r} ({sorted(available)})")
     if not data_cfg.cache_in_memory:
         return {split: builder.as_data_source(split=split) for split in splits}
-    for split in splits:
-        key = (str(builder.data_dir), split)
-        if key not in _IN_MEMORY:
-            _IN_MEMORY[key] = InMemorySource(builder.as_data_source(split=split))
-    return {split: _IN_MEMORY[(str(builder.data_dir), split)] for split in splits}
+    return {split: _in_memory(builder, split) for split in splits}
+
+
+def _in_memory(builder: Any, split: str) -> InMemorySource:
+    """The process's one InMemorySource of `split`, made on first use."""
+    key = (str(builder.data_dir), split)
+    if key not in _IN_MEMORY:
+        _IN_MEMORY[key] = InMemorySource(builder.as_data_source(split=split))
+    return _IN_MEMORY[key]
 
 
 class InMemorySource:
@@ -108,8 +112,10 @@ class InMemorySource:
     core, done by grain's threads on the cores that train. The main job reads the 32 px train
     split three times over in CLIP training, once to compute the prior's embeddings and again in
     decoder training, all in one process: cached, each example is decoded once. Only for datasets
-    that fit in host memory (the 32 px shapes train split's pixels take 0.15 GB). The cached arrays are
-    read-only, so a transform that edited one in place fails instead of changing later reads.
+    that fit in host memory (the 32 px shapes train split's pixels take 0.15 GB). The cached
+    arrays are read-only, so a transform that edited one in place fails instead of changing later
+    reads. (grain's own cache replays an iterator's stream; this one is by index, shared by every
+    pipeline the process builds over the split.)
     """
 
     def __init__(self, source: Any):
