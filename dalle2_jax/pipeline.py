@@ -14,7 +14,9 @@ latent x_T):
     t; decode slerp(z_i, z_d, theta) from the image's inverted latent.
 The manipulations give the decoder no caption (its text is dropped, as in part of its training);
 text diffs can also give it the captions (`with_captions`, our extension). They decode with DDIM
-at the run's step count and guidance, and invert with that same guided step and x0 clipping, with
+at the run's step count and guidance, variations and text diffs at the DDIM noise of the run's
+`decoder.variation_eta` and `decoder.text_diff_eta` (interpolations at 0, so that their endpoints
+reproduce the sources), and invert with that same guided step and x0 clipping, with
 `INVERT_REFINE_STEPS` fixed-point refinements per step: the first-order inversion of an x0- or
 v-predicting decoder is ill-conditioned at the nearly clean levels (eps = (x_t - a x0_hat) / s with
 s ~ 0.006 at t = 0), and its round trips lost the shape; the refined inverse round-trips (16
@@ -50,6 +52,7 @@ from dalle2_jax.parallel import sharding
 from dalle2_jax.parallel.mesh import ConfigError
 from dalle2_jax.stages import image_diffusion
 from dalle2_jax.stages.decoder import DecoderStage
+from dalle2_jax.stages.decoder import stage_sections as decoder_sections
 from dalle2_jax.stages.finished_run import load_finished_run
 from dalle2_jax.stages.frozen_clip import FrozenClip
 from dalle2_jax.stages.prior import PriorStage, sample_embeddings
@@ -136,6 +139,10 @@ class Pipeline:
         self.prior_name = next(n for n in self.stages if kinds[n] == "prior")
         self.decoder_name = next(n for n in self.stages if kinds[n] == "decoder")
         self.sampling = self._sampling(sampling or {})
+        # The manipulations' DDIM noise; runs trained before these fields existed read as the defaults.
+        section, defaults = self.stages[self.decoder_name].config.decoder, decoder_sections()["decoder"]
+        self.variation_eta = float(section.get("variation_eta", defaults.variation_eta))
+        self.text_diff_eta = float(section.get("text_diff_eta", defaults.text_diff_eta))
 
         devices = jax.devices()
         mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}), devices)
@@ -302,15 +309,17 @@ class Pipeline:
                  "tokens": self._caption_tokens(len(pictures), tokens)}
         return self._infer(self._invert, self.params, batch)
 
-    def variations(self, picture: np.ndarray, seeds: Sequence[int], eta: float = 1.0,
+    def variations(self, picture: np.ndarray, seeds: Sequence[int], eta: float | None = None,
                    from_inverted: bool = True) -> np.ndarray:
         """len(seeds) variations of one uint8 [R, R, 3] image (sec. 3.1): its embedding decoded with
-        DDIM noise `eta` from its DDIM-inverted latent (the paper's), or from fresh noise."""
+        DDIM noise `eta` (default: the run's `decoder.variation_eta`) from its DDIM-inverted latent
+        (the paper's), or from fresh noise."""
         embed = self.image_embeddings(picture[None])
         x_T = None
         if from_inverted:
             x_T = np.repeat(self.invert(picture[None], embed), len(seeds), axis=0)
-        return self._manipulate(np.repeat(embed, len(seeds), axis=0), seeds, x_T, eta)
+        return self._manipulate(np.repeat(embed, len(seeds), axis=0), seeds, x_T,
+                                self.variation_eta if eta is None else eta)
 
     def interpolate(self, picture_a: np.ndarray, picture_b: np.ndarray, thetas: Sequence[float], seed: int,
                     latent: str = "inverted") -> np.ndarray:
@@ -335,12 +344,13 @@ class Pipeline:
         return (size, size, 3)
 
     def text_diff(self, picture: np.ndarray, caption: str, target: str, thetas: Sequence[float],
-                  seed: int, with_captions: bool = False) -> np.ndarray:
+                  seed: int, with_captions: bool = False, eta: float | None = None) -> np.ndarray:
         """Images along slerp(z_i, normalize(z_target - z_caption), theta) from the inverted latent (sec. 3.3).
 
         The paper's text diff moves the embedding alone: the latent is inverted and decoded
         without a caption. `with_captions` (our extension, possible because this decoder also
         reads the caption, GLIDE style) inverts under `caption` and decodes under `target`.
+        `eta`: DDIM noise of the decoding (default: the run's `decoder.text_diff_eta`).
         """
         z_i = self.image_embeddings(picture[None])
         z_t0, z_t = self.text_embeddings([caption, target])
@@ -351,4 +361,5 @@ class Pipeline:
         if with_captions:
             source_tokens, target_tokens = self.tokens([caption]), np.repeat(self.tokens([target]), len(thetas), 0)
         x_T = np.repeat(self.invert(picture[None], z_i, source_tokens), len(thetas), axis=0)
-        return self._manipulate(embeds, [seed] * len(thetas), x_T, eta=0.0, tokens=target_tokens)
+        return self._manipulate(embeds, [seed] * len(thetas), x_T, self.text_diff_eta if eta is None else eta,
+                                tokens=target_tokens)

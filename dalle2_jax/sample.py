@@ -39,7 +39,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the first image; image k uses s
 _IMAGE = flags.DEFINE_multi_string("image", [], "Source image file(s): one for variations and text_diff, two "
                                    "for interpolate.")
 _NUM = flags.DEFINE_integer("num", 8, "Variations, or interpolation points (endpoints included).")
-_ETA = flags.DEFINE_float("eta", 1.0, "Variations: DDIM noise of the decoder (> 0 gives variety).")
+_ETA = flags.DEFINE_float("eta", None, "Variations and text diffs: DDIM noise of the decoder (> 0 gives variety; "
+                          "default: the run's decoder.variation_eta or decoder.text_diff_eta).")
 _FROM_INVERTED = flags.DEFINE_bool("from_inverted", True, "Variations: start from the image's DDIM-inverted "
                                    "latent, as in the paper (false: from fresh noise).")
 _LATENT = flags.DEFINE_enum("latent", "inverted", ("inverted", "fixed"),
@@ -117,7 +118,7 @@ def check_flags() -> None:
         raise InputError("--mode=text_diff needs --caption (of the image) and --target")
     if _MODE.value == "interpolate" and _NUM.value < 2:
         raise InputError("--mode=interpolate needs --num >= 2 (the two endpoints)")
-    if _ETA.value < 0:
+    if _ETA.value is not None and _ETA.value < 0:
         raise InputError(f"--eta={_ETA.value}: must be >= 0")
     out = epath.Path(_OUT.value)
     if (out / "manifest.jsonl").exists() and not _OVERWRITE.value:
@@ -135,8 +136,9 @@ def generate(pipeline) -> tuple[np.ndarray, list[dict]]:
     sources = [pipeline.input_image(read_image(path)) for path in _IMAGE.value]
     if mode == "variations":
         seeds = [seed + k for k in range(_NUM.value)]
-        pictures = pipeline.variations(sources[0], seeds, eta=_ETA.value, from_inverted=_FROM_INVERTED.value)
-        return pictures, [{"mode": mode, "source": _IMAGE.value[0], "seed": s, "eta": _ETA.value,
+        eta = pipeline.variation_eta if _ETA.value is None else _ETA.value
+        pictures = pipeline.variations(sources[0], seeds, eta=eta, from_inverted=_FROM_INVERTED.value)
+        return pictures, [{"mode": mode, "source": _IMAGE.value[0], "seed": s, "eta": eta,
                            "from_inverted": _FROM_INVERTED.value} for s in seeds]
     if mode == "interpolate":
         thetas = np.linspace(0.0, 1.0, _NUM.value).tolist()
@@ -147,10 +149,11 @@ def generate(pipeline) -> tuple[np.ndarray, list[dict]]:
         thetas = [float(t) for t in _THETAS.value]
     except ValueError:
         raise InputError(f"--thetas={','.join(_THETAS.value)}: expected numbers") from None
+    eta = pipeline.text_diff_eta if _ETA.value is None else _ETA.value
     pictures = pipeline.text_diff(sources[0], _CAPTION.value, _TARGET.value, thetas, seed,
-                                  with_captions=_WITH_CAPTIONS.value)
+                                  with_captions=_WITH_CAPTIONS.value, eta=eta)
     return pictures, [{"mode": mode, "source": _IMAGE.value[0], "caption": _CAPTION.value, "target": _TARGET.value,
-                       "theta": t, "seed": seed, "with_captions": _WITH_CAPTIONS.value} for t in thetas]
+                       "theta": t, "seed": seed, "with_captions": _WITH_CAPTIONS.value, "eta": eta} for t in thetas]
 
 
 def main(argv: list[str]) -> None:

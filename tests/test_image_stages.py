@@ -81,6 +81,8 @@ def test_decoder_and_upsampler_config_errors_name_the_field(clip_workdir, shapes
     cases = [
         (decoder_config(clip_workdir, shapes_data_dir, **{"model.image_size": 64}), "model.image_size=64"),
         (decoder_config(clip_workdir, shapes_data_dir, **{"decoder.text_drop_prob": 1.0}), "decoder.text_drop_prob"),
+        (decoder_config(clip_workdir, shapes_data_dir, **{"decoder.variation_eta": -0.5}),
+         "decoder.variation_eta=-0.5"),
         (decoder_config(clip_workdir, shapes_data_dir, **{"sampling.num_steps": 0}), "sampling.num_steps=0"),
         (decoder_config(clip_workdir, shapes_data_dir, **{"diffusion.objective": "score"}), "diffusion.objective"),
         (upsampler_config(shapes_data_dir, **{"model.attention_resolutions": (16,)}), "model.attention_resolutions"),

@@ -63,6 +63,23 @@ def test_manipulations_produce_images(pipeline):
         pipeline.interpolate(a, b, [0.0], seed=0, latent="slerped")
 
 
+def test_manipulations_decode_at_the_runs_eta(pipeline, unclip_run, tmp_path):
+    # The main job's decoder config sets its own DDIM noise for variations and text diffs.
+    assert (pipeline.variation_eta, pipeline.text_diff_eta) == (0.9, 0.9)
+    source = pipeline.input_image(pipeline.text_to_image(PROMPTS[:1], [0])[0])
+    np.testing.assert_array_equal(pipeline.variations(source, [1, 2]), pipeline.variations(source, [1, 2], eta=0.9))
+    assert not np.array_equal(pipeline.variations(source, [1, 2]), pipeline.variations(source, [1, 2], eta=0.3))
+    # A run trained before the fields existed reads the paper's defaults (variations 1, text diffs 0).
+    older = tmp_path / "older"
+    shutil.copytree(unclip_run[0], older)
+    path = older / "decoder" / "config.json"
+    config = json.loads(path.read_text())
+    del config["decoder"]["variation_eta"], config["decoder"]["text_diff_eta"]
+    path.write_text(json.dumps(config))
+    loaded = Pipeline(str(older), batch_size=8)
+    assert (loaded.variation_eta, loaded.text_diff_eta) == (1.0, 0.0)
+
+
 def test_invalid_input_is_refused(pipeline, unclip_run, tmp_path):
     workdir = str(unclip_run[0])
     with pytest.raises(ValueError, match="prompt 1 is empty"):
@@ -108,7 +125,8 @@ def test_sample_command_writes_pngs_grid_and_manifest(unclip_run, tmp_path):
     # Variations of one of the generated images.
     variations = _sample(workdir, tmp_path / "var", "--mode=variations", f"--image={out / '0000.png'}", "--num=2")
     assert variations.returncode == 0, variations.stderr[-2000:]
-    assert len((tmp_path / "var" / "manifest.jsonl").read_text().splitlines()) == 2
+    records = [json.loads(line) for line in (tmp_path / "var" / "manifest.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and records[0]["eta"] == 0.9  # the run's decoder.variation_eta
 
 
 def test_finished_runs_load_on_another_device_count(unclip_run):

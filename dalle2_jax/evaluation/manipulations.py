@@ -39,7 +39,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_sources", 24, "Validation images manipulated.")
     flags.DEFINE_integer("num_variations", 4, "Variations per source.")
     flags.DEFINE_list("thetas", ["0.25", "0.5", "0.75"], "Text-diff slerp angles.")
-    flags.DEFINE_float("eta", 1.0, "DDIM noise of the variations.")
+    flags.DEFINE_float("eta", None, "DDIM noise of the variations (default: the run's decoder.variation_eta).")
+    flags.DEFINE_float("text_diff_eta", None, "DDIM noise of the text diffs (default: the run's "
+                       "decoder.text_diff_eta).")
     flags.DEFINE_bool("from_inverted", True, "Variations from the source's DDIM-inverted latent (the paper's).")
 
 
@@ -55,9 +57,10 @@ def _mean_pairwise_diff(pictures: np.ndarray) -> float:
 
 
 def measure(pipeline, sources: np.ndarray, attributes: list[dict[str, str]], num_variations: int,
-            thetas: list[float], eta: float, from_inverted: bool = True
-            ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """The three measurements above; returns (metrics, grids)."""
+            thetas: list[float], eta: float | None = None, from_inverted: bool = True,
+            text_diff_eta: float | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The three measurements above; returns (metrics, grids). The DDIM noise of the variations
+    (`eta`) and text diffs defaults to the run's (`Pipeline.variation_eta`, `.text_diff_eta`)."""
     from dalle2_jax import images
     from dalle2_jax.data import shapes
     from dalle2_jax.evaluation.shapes_attributes import predict
@@ -69,7 +72,9 @@ def measure(pipeline, sources: np.ndarray, attributes: list[dict[str, str]], num
     def at_source_size(pictures: np.ndarray) -> np.ndarray:
         return pipeline.input_images(pictures).astype(np.float32)
 
-    metrics: dict[str, float] = {}
+    eta = pipeline.variation_eta if eta is None else eta
+    text_diff_eta = pipeline.text_diff_eta if text_diff_eta is None else text_diff_eta
+    metrics: dict[str, float] = {"variations/eta": eta, "text_diff/eta": text_diff_eta}
     grids: dict[str, list[np.ndarray]] = {"variations": [], "text_diffs": [], "interpolations": []}
     kept, total, to_source, between, dataset_between = 0, 0, [], [], []
     modes = {"text_diff": False, "text_diff_with_captions": True}
@@ -94,7 +99,7 @@ def measure(pipeline, sources: np.ndarray, attributes: list[dict[str, str]], num
         caption = shapes.caption(**target)
         for mode, with_captions in modes.items():
             diffs = pipeline.text_diff(picture, caption, caption.replace(target["color"], new_color, 1), thetas,
-                                       seed=k, with_captions=with_captions)
+                                       seed=k, with_captions=with_captions, eta=text_diff_eta)
             for theta, f in zip(thetas, attrs(diffs)):
                 if f["color"] == new_color:
                     diff_hits[mode, theta][0] += 1
@@ -147,7 +152,7 @@ def main(argv: list[str]) -> None:
     combos = shapes.all_combinations()
     attributes = [combos[c] for c in data["combination"]]
     metrics, grids = measure(pipeline, data["image"], attributes, args.num_variations,
-                             [float(t) for t in args.thetas], args.eta, args.from_inverted)
+                             [float(t) for t in args.thetas], args.eta, args.from_inverted, args.text_diff_eta)
     out = epath.Path(args.workdir) / "manipulations"
     out.mkdir(parents=True, exist_ok=True)
     for name, picture in grids.items():

@@ -71,6 +71,11 @@ def stage_sections() -> dict[str, ml_collections.ConfigDict]:
     decoder.clip_drop_prob = 0.1  # replace the CLIP embedding by the learned null (paper: 10%)
     decoder.text_drop_prob = 0.5  # drop the caption (paper: 50%)
     decoder.eval_limit = 64  # examples per eval split that are decoded (sampling is the costly part)
+    # DDIM noise of the image manipulations decoded from an inverted latent (pipeline.py), read
+    # when the run is sampled: variations need eta > 0 (sec. 3.1; 1 = DDPM-like), the paper's text
+    # diffs keep the latent fixed (0).
+    decoder.variation_eta = 1.0
+    decoder.text_diff_eta = 0.0
     return {"clip": clip_section(), "decoder": decoder, "diffusion": image_diffusion.diffusion_config("eps"),
             "sampling": image_diffusion.sampling_config(num_steps=50, guidance_scale=3.0)}
 
@@ -86,6 +91,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"decoder.{field}={config.decoder[field]}: must be in [0, 1)")
     if config.decoder.eval_limit < 1:
         raise ConfigError(f"decoder.eval_limit={config.decoder.eval_limit}: must be >= 1")
+    for field in ("variation_eta", "text_diff_eta"):
+        if config.decoder[field] < 0:
+            raise ConfigError(f"decoder.{field}={config.decoder[field]}: must be >= 0")
     if config.model.text.width < 0:
         raise ConfigError(f"model.text.width={config.model.text.width}: must be >= 0 (0 = no caption)")
     image_diffusion.validate_sections(config)
