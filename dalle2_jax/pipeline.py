@@ -14,9 +14,10 @@ latent x_T):
     t; decode slerp(z_i, z_d, theta) from the image's inverted latent.
 The manipulations give the decoder no caption (its text is dropped, as in part of its training);
 text diffs can also give it the captions (`with_captions`, our extension). They decode with DDIM
-at the run's step count and guidance, variations and text diffs at the DDIM noise of the run's
-`decoder.variation_eta` and `decoder.text_diff_eta` (interpolations at 0, so that their endpoints
-reproduce the sources), and invert with that same guided step and x0 clipping, with
+at the run's step count and `decoder.manipulation_guidance_scale` (by default the guidance of
+text to image), variations and text diffs at the DDIM noise of the run's `decoder.variation_eta`
+and `decoder.text_diff_eta` (interpolations at 0, so that their endpoints reproduce the sources),
+and invert with that same guided step and x0 clipping, with
 `INVERT_REFINE_STEPS` fixed-point refinements per step: the first-order inversion of an x0- or
 v-predicting decoder is ill-conditioned at the nearly clean levels (eps = (x_t - a x0_hat) / s with
 s ~ 0.006 at t = 0), and its round trips lost the shape; the refined inverse round-trips (16
@@ -107,11 +108,12 @@ class Pipeline:
     """CLIP, prior, decoder and upsamplers of a finished multi-stage run, ready to sample.
 
     `sampling` overrides stage sampling fields: {"decoder": {"num_steps": 25}, ...}; stage names
-    are those of the run ("prior", "decoder", "upsampler", ...).
+    are those of the run ("prior", "decoder", "upsampler", ...). `manipulation_guidance_scale`
+    overrides the run's `decoder.manipulation_guidance_scale`.
     """
 
     def __init__(self, workdir: str, sampling: Mapping[str, Mapping[str, Any]] | None = None,
-                 batch_size: int = 0):
+                 batch_size: int = 0, manipulation_guidance_scale: float | None = None):
         dirs = stage_dirs(workdir)
         kinds = {name: json.loads((epath.Path(d) / "config.json").read_text())["stage"]
                  for name, d in dirs.items() if (epath.Path(d) / "config.json").exists()}
@@ -143,6 +145,14 @@ class Pipeline:
         section, defaults = self.stages[self.decoder_name].config.decoder, decoder_sections()["decoder"]
         self.variation_eta = float(section.get("variation_eta", defaults.variation_eta))
         self.text_diff_eta = float(section.get("text_diff_eta", defaults.text_diff_eta))
+        if manipulation_guidance_scale is None:
+            manipulation_guidance_scale = section.get("manipulation_guidance_scale",
+                                                      defaults.manipulation_guidance_scale)
+        if manipulation_guidance_scale < 0:
+            raise ConfigError(f"manipulation_guidance_scale={manipulation_guidance_scale}: must be >= 0 "
+                              "(0 = the decoder's sampling.guidance_scale)")
+        self.manipulation_guidance_scale = float(manipulation_guidance_scale
+                                                 or self.sampling[self.decoder_name].guidance_scale)
 
         devices = jax.devices()
         mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}), devices)
@@ -249,9 +259,10 @@ class Pipeline:
 
     def _manipulation_sampling(self, eta: float) -> ml_collections.ConfigDict:
         """The decoder's sampling for the manipulations: DDIM at noise `eta` (the sampler that DDIM
-        inversion inverts) with the run's step count and guidance."""
+        inversion inverts) with the run's step count and the manipulations' guidance."""
         sampling = ml_collections.ConfigDict(self.sampling[self.decoder_name].to_dict())
         sampling.sampler, sampling.eta = "ddim", float(eta)
+        sampling.guidance_scale = self.manipulation_guidance_scale
         return sampling
 
     def _invert(self, params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:

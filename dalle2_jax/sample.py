@@ -41,6 +41,9 @@ _IMAGE = flags.DEFINE_multi_string("image", [], "Source image file(s): one for v
 _NUM = flags.DEFINE_integer("num", 8, "Variations, or interpolation points (endpoints included).")
 _ETA = flags.DEFINE_float("eta", None, "Variations and text diffs: DDIM noise of the decoder (> 0 gives variety; "
                           "default: the run's decoder.variation_eta or decoder.text_diff_eta).")
+_MANIPULATION_GUIDANCE = flags.DEFINE_float("manipulation_guidance", None, "Variations, interpolations and text "
+                                            "diffs: the decoder's guidance scale (default: the run's "
+                                            "decoder.manipulation_guidance_scale).")
 _FROM_INVERTED = flags.DEFINE_bool("from_inverted", True, "Variations: start from the image's DDIM-inverted "
                                    "latent, as in the paper (false: from fresh noise).")
 _LATENT = flags.DEFINE_enum("latent", "inverted", ("inverted", "fixed"),
@@ -118,8 +121,9 @@ def check_flags() -> None:
         raise InputError("--mode=text_diff needs --caption (of the image) and --target")
     if _MODE.value == "interpolate" and _NUM.value < 2:
         raise InputError("--mode=interpolate needs --num >= 2 (the two endpoints)")
-    if _ETA.value is not None and _ETA.value < 0:
-        raise InputError(f"--eta={_ETA.value}: must be >= 0")
+    for flag in (_ETA, _MANIPULATION_GUIDANCE):
+        if flag.value is not None and flag.value < 0:
+            raise InputError(f"--{flag.name}={flag.value}: must be >= 0")
     out = epath.Path(_OUT.value)
     if (out / "manifest.jsonl").exists() and not _OVERWRITE.value:
         raise InputError(f"--out={_OUT.value!r} already holds samples (manifest.jsonl); choose another directory "
@@ -172,7 +176,8 @@ def main(argv: list[str]) -> None:
     from dalle2_jax.pipeline import Pipeline
 
     try:
-        pipeline = Pipeline(_WORKDIR.value, sampling=overrides, batch_size=_BATCH_SIZE.value)
+        pipeline = Pipeline(_WORKDIR.value, sampling=overrides, batch_size=_BATCH_SIZE.value,
+                            manipulation_guidance_scale=_MANIPULATION_GUIDANCE.value)
         pictures, records = generate(pipeline)
     except (InputError, ConfigError, ValueError) as e:
         sys.exit(f"error: {e}")

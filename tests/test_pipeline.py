@@ -64,8 +64,8 @@ def test_manipulations_produce_images(pipeline):
 
 
 def test_manipulations_decode_at_the_runs_eta(pipeline, unclip_run, tmp_path):
-    # The main job's decoder config sets its own DDIM noise for variations and text diffs.
-    assert (pipeline.variation_eta, pipeline.text_diff_eta) == (0.9, 0.9)
+    # The main job's decoder config sets its own DDIM noise and guidance for the manipulations.
+    assert (pipeline.variation_eta, pipeline.text_diff_eta, pipeline.manipulation_guidance_scale) == (0.9, 0.9, 4.0)
     source = pipeline.input_image(pipeline.text_to_image(PROMPTS[:1], [0])[0])
     np.testing.assert_array_equal(pipeline.variations(source, [1, 2]), pipeline.variations(source, [1, 2], eta=0.9))
     assert not np.array_equal(pipeline.variations(source, [1, 2]), pipeline.variations(source, [1, 2], eta=0.3))
@@ -74,10 +74,14 @@ def test_manipulations_decode_at_the_runs_eta(pipeline, unclip_run, tmp_path):
     shutil.copytree(unclip_run[0], older)
     path = older / "decoder" / "config.json"
     config = json.loads(path.read_text())
-    del config["decoder"]["variation_eta"], config["decoder"]["text_diff_eta"]
+    for field in ("variation_eta", "text_diff_eta", "manipulation_guidance_scale"):
+        del config["decoder"][field]
     path.write_text(json.dumps(config))
     loaded = Pipeline(str(older), batch_size=8)
-    assert (loaded.variation_eta, loaded.text_diff_eta) == (1.0, 0.0)
+    guidance = config["sampling"]["guidance_scale"]
+    assert (loaded.variation_eta, loaded.text_diff_eta, loaded.manipulation_guidance_scale) == (1.0, 0.0, guidance)
+    with pytest.raises(ConfigError, match="manipulation_guidance_scale=-1"):
+        Pipeline(str(older), manipulation_guidance_scale=-1.0)
 
 
 def test_invalid_input_is_refused(pipeline, unclip_run, tmp_path):
@@ -148,6 +152,7 @@ def test_finished_runs_load_on_another_device_count(unclip_run):
     (["--prompt=a red circle", "--set=decoder.num_steps=-2"], "decoder.num_steps=-2"),
     (["--prompt=a red circle", "--set=num_steps"], "expected STAGE.FIELD=VALUE"),
     (["--mode=interpolate", "--image=a.png"], "takes 2 --image"),
+    (["--prompt=a red circle", "--manipulation_guidance=-2"], "--manipulation_guidance=-2.0: must be >= 0"),
 ])
 def test_sample_command_errors_are_one_line(unclip_run, tmp_path, flags, message):
     result = _sample(unclip_run[0], tmp_path / "out", *flags)

@@ -42,6 +42,8 @@ def _define_flags() -> None:
     flags.DEFINE_float("eta", None, "DDIM noise of the variations (default: the run's decoder.variation_eta).")
     flags.DEFINE_float("text_diff_eta", None, "DDIM noise of the text diffs (default: the run's "
                        "decoder.text_diff_eta).")
+    flags.DEFINE_float("manipulation_guidance", None, "The decoder's guidance scale (default: the run's "
+                       "decoder.manipulation_guidance_scale).")
     flags.DEFINE_bool("from_inverted", True, "Variations from the source's DDIM-inverted latent (the paper's).")
 
 
@@ -74,7 +76,8 @@ def measure(pipeline, sources: np.ndarray, attributes: list[dict[str, str]], num
 
     eta = pipeline.variation_eta if eta is None else eta
     text_diff_eta = pipeline.text_diff_eta if text_diff_eta is None else text_diff_eta
-    metrics: dict[str, float] = {"variations/eta": eta, "text_diff/eta": text_diff_eta}
+    metrics: dict[str, float] = {"variations/eta": eta, "text_diff/eta": text_diff_eta,
+                                 "guidance_scale": pipeline.manipulation_guidance_scale}
     grids: dict[str, list[np.ndarray]] = {"variations": [], "text_diffs": [], "interpolations": []}
     kept, total, to_source, between, dataset_between = 0, 0, [], [], []
     modes = {"text_diff": False, "text_diff_with_captions": True}
@@ -144,7 +147,7 @@ def main(argv: list[str]) -> None:
     from dalle2_jax.pipeline import Pipeline
 
     try:
-        pipeline = Pipeline(args.workdir)
+        pipeline = Pipeline(args.workdir, manipulation_guidance_scale=args.manipulation_guidance)
     except (ConfigError, ValueError) as e:
         sys.exit(f"error: {e}")
     source = data_pipeline.open_splits(pipeline.clip.config.data, ["validation"])["validation"]

@@ -76,6 +76,8 @@ def stage_sections() -> dict[str, ml_collections.ConfigDict]:
     # diffs keep the latent fixed (0).
     decoder.variation_eta = 1.0
     decoder.text_diff_eta = 0.0
+    # Classifier-free guidance of the manipulations' inversion and decoding (0: sampling.guidance_scale).
+    decoder.manipulation_guidance_scale = 0.0
     return {"clip": clip_section(), "decoder": decoder, "diffusion": image_diffusion.diffusion_config("eps"),
             "sampling": image_diffusion.sampling_config(num_steps=50, guidance_scale=3.0)}
 
@@ -91,7 +93,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"decoder.{field}={config.decoder[field]}: must be in [0, 1)")
     if config.decoder.eval_limit < 1:
         raise ConfigError(f"decoder.eval_limit={config.decoder.eval_limit}: must be >= 1")
-    for field in ("variation_eta", "text_diff_eta"):
+    for field in ("variation_eta", "text_diff_eta", "manipulation_guidance_scale"):
         if config.decoder[field] < 0:
             raise ConfigError(f"decoder.{field}={config.decoder[field]}: must be >= 0")
     if config.model.text.width < 0:
