@@ -64,8 +64,10 @@ def test_manipulations_produce_images(pipeline):
 
 
 def test_manipulations_decode_at_the_runs_eta(pipeline, unclip_run, tmp_path):
-    # The main job's decoder config sets its own DDIM noise and guidance for the manipulations.
-    assert (pipeline.variation_eta, pipeline.text_diff_eta, pipeline.manipulation_guidance_scale) == (0.9, 0.9, 4.0)
+    # The main job's decoder config sets its own DDIM noise for the manipulations, and guides them as
+    # it guides text to image.
+    assert (pipeline.variation_eta, pipeline.text_diff_eta) == (0.9, 0.9)
+    assert pipeline.manipulation_guidance_scale == pipeline.sampling["decoder"].guidance_scale
     source = pipeline.input_image(pipeline.text_to_image(PROMPTS[:1], [0])[0])
     np.testing.assert_array_equal(pipeline.variations(source, [1, 2]), pipeline.variations(source, [1, 2], eta=0.9))
     assert not np.array_equal(pipeline.variations(source, [1, 2]), pipeline.variations(source, [1, 2], eta=0.3))
