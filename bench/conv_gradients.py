@@ -67,7 +67,6 @@ def loss(conv, kernels, x):
 
 
 def main() -> None:
-
     jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
     ways = {"xla": xla_conv, "im2col": with_kernel_grad(kernel_grad_im2col),
             "shifted": with_kernel_grad(kernel_grad_shifted)}
