@@ -15,10 +15,11 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dalle2_jax.parallel.host_cpu import configure_cpu_backend  # noqa: E402
 from dalle2_jax.training.throughput import matmul_flops_per_sec  # noqa: E402
 
 if __name__ == "__main__":
-    jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    configure_cpu_backend()
     rates = matmul_flops_per_sec()
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
     for name, rate in rates.items():

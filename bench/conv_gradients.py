@@ -1,9 +1,12 @@
 """Forward + backward speed of 3x3 convolutions at the shapes decoder's sizes, three ways.
 
     python bench/conv_gradients.py
+    XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION \
+        python bench/conv_gradients.py   # XLA's convolutions on YNNPACK, jaxlib 0.10's default
 
 XLA:CPU's kernel-gradient convolutions are the slowest part of the decoder's train step
-(README, Benchmarks), so this compares, on all CPU devices (the batch split over them) and in
+(README, Benchmarks), so this compares, under the project's CPU setup (`parallel/host_cpu.py`:
+XLA's convolutions on Eigen unless XLA_FLAGS says otherwise), on all CPU devices (the batch split over them) and in
 alternating timed rounds within one process (so that the machine's speed changes fall on all
 three alike): XLA's own gradients; a custom VJP whose kernel gradient is one matmul over im2col
 patches; and one whose kernel gradient is nine matmuls over shifted inputs. It checks that both
@@ -13,13 +16,14 @@ custom gradients match XLA's before timing them. Six conv + SiLU layers, batch 3
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from dalle2_jax.parallel.host_cpu import configure_cpu_backend
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 LAYERS = 6
@@ -67,7 +71,7 @@ def loss(conv, kernels, x):
 
 
 def main() -> None:
-    jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    configure_cpu_backend()
     ways = {"xla": xla_conv, "im2col": with_kernel_grad(kernel_grad_im2col),
             "shifted": with_kernel_grad(kernel_grad_shifted)}
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))

@@ -34,7 +34,9 @@ def main() -> None:
 
     import jax
 
-    jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    from dalle2_jax.parallel.host_cpu import configure_cpu_backend
+
+    configure_cpu_backend()
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 

@@ -49,7 +49,9 @@ def main() -> None:
 
     import jax
 
-    jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    from dalle2_jax.parallel.host_cpu import configure_cpu_backend
+
+    configure_cpu_backend()
     result = train_rate(args.config, args.steps, args.overrides)
     achieved = result["model_flops_per_step"] * result["steps_per_sec"]
     devices = jax.device_count()

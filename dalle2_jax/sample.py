@@ -168,9 +168,9 @@ def main(argv: list[str]) -> None:
         overrides = parse_overrides(_SET.value)
     except InputError as e:
         sys.exit(f"error: {e}")
-    import jax
+    from dalle2_jax.parallel.host_cpu import configure_cpu_backend
 
-    jax.config.update("jax_num_cpu_devices", _NUM_CPU_DEVICES.value or os.cpu_count() or 1)
+    configure_cpu_backend(_NUM_CPU_DEVICES.value)
     from dalle2_jax import images
     from dalle2_jax.parallel.mesh import ConfigError
     from dalle2_jax.pipeline import Pipeline

@@ -99,13 +99,12 @@ class _QuietLibraries:
 
 
 def _prepare_devices(config) -> None:
-    """Splits the CPU into one device per core (before any JAX backend starts)."""
-    import jax
-
+    """Sets up the CPU backend (`parallel/host_cpu.py`) before any JAX backend starts."""
     from dalle2_jax import multistage
+    from dalle2_jax.parallel.host_cpu import configure_cpu_backend
 
     mesh = config[config.stages[0]].mesh if config.stage == multistage.STAGE else config.mesh
-    jax.config.update("jax_num_cpu_devices", mesh.num_cpu_devices or os.cpu_count() or 1)
+    configure_cpu_backend(mesh.num_cpu_devices)
 
 
 def train_stage(config, workdir: str) -> dict[str, float]:

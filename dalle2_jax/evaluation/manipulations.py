@@ -135,9 +135,9 @@ def main(argv: list[str]) -> None:
     args = flags.FLAGS
     if not args.workdir:
         sys.exit("error: --workdir is required")
-    import jax
+    from dalle2_jax.parallel.host_cpu import configure_cpu_backend
 
-    jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    configure_cpu_backend()
     from etils import epath
 
     from dalle2_jax import images
