@@ -35,12 +35,13 @@ def test_zero_devices_means_one_per_core(monkeypatch, updates):
     assert updates == [("jax_num_cpu_devices", 5)]
 
 
-@pytest.mark.parametrize("flags, version", [
-    ("--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", "0.10.2"),
-    ("", "0.11.0"),  # a jaxlib the flag was not measured on (it might not know it, and abort)
+@pytest.mark.parametrize("flags, version, batch_invariant", [
+    ("--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", "0.10.2", False),
+    ("", "0.11.0", False),  # a jaxlib the flag was not measured on (it might not know it, and abort)
+    ("--xla_force_host_platform_device_count=8", "0.10.2", True),  # the sample command's inversions
 ])
-def test_leaves_the_flag_out(monkeypatch, updates, flags, version):
+def test_leaves_the_flag_out(monkeypatch, updates, flags, version, batch_invariant):
     monkeypatch.setenv("XLA_FLAGS", flags)
     monkeypatch.setattr(jaxlib, "__version__", version)
-    host_cpu.configure_cpu_backend(2)
+    host_cpu.configure_cpu_backend(2, batch_invariant=batch_invariant)
     assert host_cpu.os.environ["XLA_FLAGS"] == flags

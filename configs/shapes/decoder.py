@@ -9,7 +9,7 @@ attributes; the grids of sources and decodings go to TensorBoard and WORKDIR/sam
 
 Measured (2026-11-27, this project's 2-core CPU, standalone on the main job's CLIP): 1100 steps
 of 32, 13-19 minutes with two evaluations (the hour matters; 22 minutes in the main job on the
-slower AMD EPYC machine of 2026-11-28). Decoding true CLIP embeddings of
+slower AMD EPYC machine of 2026-11-28, 18 since XLA's convolutions run on Eigen). Decoding true CLIP embeddings of
 128 images per split: all five attributes 82.8% validation / 64.8% held-out (background, color
 100%; size 98.4 / 93.0%; position 99.2 / 97.7%; shape 83.6 / 65.6%): shape is still the weakest.
 README has the rest.

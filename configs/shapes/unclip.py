@@ -12,9 +12,10 @@ Every field is overridable: `--config.prior.train.num_steps=500`, `--config.samp
 `WORKDIR/report.json` collects each stage's final evaluation and wall time and the samples'
 attribute accuracy. Measured (2026-11-28, fresh clones, 2-core AMD EPYC CPU): 38 min 52 s
 including the install (caa5c80, on a day the machine ran 20-30% faster) and 48:40-50:48 (fcabbe9,
-9be4a6f, slower days); 36 min 48 s on the faster Intel machine of 2026-11-27. The samples'
-all-five attribute accuracy 91.7% seen / 54.2% held-out in all three AMD runs (shape is the
-failing attribute). README has the per-stage numbers.
+9be4a6f, slower days); 36 min 48 s on the faster Intel machine of 2026-11-27; 41 min 52 s on a
+slow day since XLA's convolutions run on Eigen (b84b975, parallel/host_cpu.py). The samples'
+all-five attribute accuracy 91.7% seen / 54.2% held-out in the three AMD runs before that, 87.5%
+/ 58.3% in b84b975's (shape is the failing attribute). README has the per-stage numbers.
 """
 
 import importlib.util
