@@ -8,6 +8,11 @@ Trains the config for a few steps in a temporary workdir through the real comman
 FLOPs and the per-device peak the run used from `metrics.jsonl`. The first logging interval
 (which includes warm-up) is skipped. The peak is the device table's figure on TPU/GPU and the
 measured f32 matmul rate on CPU (`dalle2_jax.training.throughput`).
+
+On CPU the run's own peak is a one-second measurement at its start, and this VM's speed drifts
+by a third within minutes. So the script also measures the whole machine's matmul ceiling itself,
+for several seconds just before and just after the run, and prints the achieved FLOP/s as a
+fraction of the higher of the two: the figure the README quotes.
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ def train_rate(config: str, steps: int, overrides: list[str]) -> dict[str, float
         subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
         records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
         batch_size = json.loads(open(os.path.join(workdir, "config.json")).read())["data"]["batch_size"]
+        num_cpu_devices = json.loads(open(os.path.join(workdir, "config.json")).read())["mesh"]["num_cpu_devices"]
     first = next(r for r in records if "model_flops_per_step" in r)
     rates = [r["train/steps_per_sec"] for r in records if "train/steps_per_sec" in r][1:]
     return {"model_flops_per_step": first["model_flops_per_step"], "steps_per_sec": sum(rates) / len(rates),
-            "peak_flops_per_device": first["peak_flops_per_device"], "batch_size": batch_size}
+            "peak_flops_per_device": first["peak_flops_per_device"], "batch_size": batch_size,
+            "num_cpu_devices": num_cpu_devices}
 
 
 def main() -> None:
@@ -50,11 +57,15 @@ def main() -> None:
     import jax
 
     from dalle2_jax.parallel.host_cpu import configure_cpu_backend
+    from dalle2_jax.training.throughput import matmul_flops_per_sec
 
     configure_cpu_backend()
+    on_cpu = jax.devices()[0].platform == "cpu"
+    ceilings = [matmul_flops_per_sec(min_seconds=5.0)["ceiling"]] if on_cpu else []
     result = train_rate(args.config, args.steps, args.overrides)
+    ceilings += [matmul_flops_per_sec(min_seconds=5.0)["ceiling"]] if on_cpu else []
     achieved = result["model_flops_per_step"] * result["steps_per_sec"]
-    devices = jax.device_count()
+    devices = (result["num_cpu_devices"] or os.cpu_count()) if on_cpu else jax.device_count()
     peak = result["peak_flops_per_device"]
     print(f"config: {args.config} {' '.join(args.overrides)}")
     print(f"devices: {devices} x {jax.devices()[0].platform}")
@@ -62,8 +73,14 @@ def main() -> None:
           f"{result['steps_per_sec'] * result['batch_size']:.1f} examples/s)")
     print(f"model FLOPs per step: {result['model_flops_per_step']:.3g}")
     print(f"achieved: {achieved / 1e9:.1f} GFLOP/s total, {achieved / devices / 1e9:.1f} GFLOP/s per device")
-    print(f"peak per device: {peak / 1e9:.1f} GFLOP/s ({jax.devices()[0].device_kind})")
-    print(f"MFU: {achieved / devices / peak:.1%}" if peak > 0 else "MFU: peak unknown, set train.peak_flops_per_device")
+    print(f"the run's peak per device: {peak / 1e9:.1f} GFLOP/s ({jax.devices()[0].device_kind})")
+    print(f"the run's MFU: {achieved / devices / peak:.1%}" if peak > 0 else
+          "the run's MFU: peak unknown, set train.peak_flops_per_device")
+    if ceilings:
+        ceiling = max(ceilings)
+        measured = " / ".join(f"{c / 1e9:.1f}" for c in ceilings)
+        print(f"f32 matmul ceiling (whole machine) before / after the run: {measured} GFLOP/s; "
+              f"fraction of the higher: {achieved / ceiling:.1%}")
 
 
 if __name__ == "__main__":

@@ -102,36 +102,43 @@ def repeated_loop_flops(jaxpr: Any) -> float:
     return matmul_flops(jaxpr, repeat_loops=True) - matmul_flops(jaxpr, repeat_loops=False)
 
 
-def _best_rate(fn: Callable, args: Sequence[jax.Array], flops: float, repeats: int) -> float:
+def _best_rate(fn: Callable, args: Sequence[jax.Array], flops: float, repeats: int, min_seconds: float) -> float:
+    """`flops` over the fastest of at least `repeats` calls made over at least `min_seconds`."""
     jax.block_until_ready(fn(*args))  # compile and warm up
-    best = float("inf")
-    for _ in range(repeats):
+    best, calls, deadline = float("inf"), 0, time.perf_counter() + min_seconds
+    while calls < repeats or time.perf_counter() < deadline:
         started = time.perf_counter()
         jax.block_until_ready(fn(*args))
         best = min(best, time.perf_counter() - started)
+        calls += 1
     return flops / best
 
 
-def matmul_flops_per_sec(n: int = 2048, repeats: int = 5,
-                         devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+def matmul_flops_per_sec(n: int = 2048, repeats: int = 5, devices: Sequence[jax.Device] | None = None,
+                         min_seconds: float = 1.0) -> dict[str, float]:
     """Best f32 [n,n]x[n,n] matmul rate on one device, and with rows split over `devices`
-    (default: all); 'ceiling' is the larger of the two."""
+    (default: all); 'ceiling' is the larger of the two. Each is the fastest of at least
+    `repeats` calls spread over at least `min_seconds`: on a shared VM a few calls in a row can
+    all fall in a slow spell (three 1024 matmuls measured a 2-core host at 90 and at 163 GFLOP/s
+    minutes apart), and a low ceiling inflates every MFU computed from it."""
     devices = list(jax.devices() if devices is None else devices)
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     matmul = jax.jit(jnp.matmul)
     flops = 2.0 * n**3
-    one = _best_rate(matmul, (jax.device_put(a, devices[0]), jax.device_put(b, devices[0])), flops, repeats)
+    one = _best_rate(matmul, (jax.device_put(a, devices[0]), jax.device_put(b, devices[0])), flops, repeats,
+                     min_seconds)
     mesh = jax.sharding.Mesh(devices, ("x",), axis_types=(jax.sharding.AxisType.Auto,))
     rows = jax.device_put(a, NamedSharding(mesh, PartitionSpec("x")))
     full = jax.device_put(b, NamedSharding(mesh, PartitionSpec()))
-    sharded = _best_rate(matmul, (rows, full), flops, repeats)
+    sharded = _best_rate(matmul, (rows, full), flops, repeats, min_seconds)
     return {"one_device": one, "all_devices": sharded, "ceiling": max(one, sharded)}
 
 
 @functools.cache
 def _cpu_ceiling(num_devices: int) -> float:
-    return matmul_flops_per_sec(n=1024, repeats=3, devices=jax.local_devices()[:num_devices])["ceiling"]
+    devices = jax.local_devices()[:num_devices]
+    return matmul_flops_per_sec(n=1024, repeats=3, devices=devices, min_seconds=1.0)["ceiling"]
 
 
 def peak_flops_per_device(device: jax.Device, configured: float = 0.0) -> float:
