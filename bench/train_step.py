@@ -38,13 +38,12 @@ def train_rate(config: str, steps: int, overrides: list[str]) -> dict[str, float
                    "--config.data.eval_limit=64", *overrides]
         subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
         records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-        batch_size = json.loads(open(os.path.join(workdir, "config.json")).read())["data"]["batch_size"]
-        num_cpu_devices = json.loads(open(os.path.join(workdir, "config.json")).read())["mesh"]["num_cpu_devices"]
+        run_config = json.loads(open(os.path.join(workdir, "config.json")).read())
     first = next(r for r in records if "model_flops_per_step" in r)
     rates = [r["train/steps_per_sec"] for r in records if "train/steps_per_sec" in r][1:]
     return {"model_flops_per_step": first["model_flops_per_step"], "steps_per_sec": sum(rates) / len(rates),
-            "peak_flops_per_device": first["peak_flops_per_device"], "batch_size": batch_size,
-            "num_cpu_devices": num_cpu_devices}
+            "peak_flops_per_device": first["peak_flops_per_device"], "batch_size": run_config["data"]["batch_size"],
+            "num_cpu_devices": run_config["mesh"]["num_cpu_devices"]}
 
 
 def main() -> None:
