@@ -20,7 +20,11 @@ depend on that: on flat renders the DDIM-inverted latent that reproduces an imag
 with YNNPACK (the dataset's own renders: 3.6), and interpolation endpoints kept their sources'
 attributes 87.5% against 100%. So the commands that invert images (`dalle2_jax.sample`, the
 manipulations evaluation) ask for `batch_invariant=True` and keep YNNPACK; training and
-text-to-image take the speed.
+text-to-image take the speed. Later measured (2026-11-28): the decoder's compiled sampling loop on
+Eigen is not even run-to-run deterministic (six calls with the same inputs and key, one process,
+differed by up to 1.9 on pixels in [-1, 1]; none on YNNPACK), which may be the larger part of the
+inversions' trouble. The train command's final text to image therefore varies between reruns of
+the same weights (README); its training steps did not.
 
 XLA aborts the process on a flag it does not know, and this one is experimental, so it is set
 only on the jaxlib versions it was measured on; a user's own `XLA_FLAGS` setting of it wins.
