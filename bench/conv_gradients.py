@@ -1,16 +1,16 @@
-"""Forward + backward speed of 3x3 convolutions at the shapes decoder's sizes, three ways.
+"""Forward + backward speed of 3x3 convolutions at the shapes decoder's sizes, four ways.
 
     python bench/conv_gradients.py
-    XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION \
-        python bench/conv_gradients.py   # XLA's convolutions on YNNPACK, jaxlib 0.10's default
 
 XLA:CPU's kernel-gradient convolutions are the slowest part of the decoder's train step
-(README, Benchmarks), so this compares, under the project's CPU setup (`parallel/host_cpu.py`:
-XLA's convolutions on Eigen unless XLA_FLAGS says otherwise), on all CPU devices (the batch split over them) and in
+(README, Benchmarks), so this compares, on all CPU devices (the batch split over them) and in
 alternating timed rounds within one process (so that the machine's speed changes fall on all
-three alike): XLA's own gradients; a custom VJP whose kernel gradient is one matmul over im2col
-patches; and one whose kernel gradient is nine matmuls over shifted inputs. It checks that both
-custom gradients match XLA's before timing them. Six conv + SiLU layers, batch 32.
+alike): XLA's own gradients with its convolutions on Eigen (the train step's setting,
+`parallel/host_cpu.py`) and on YNNPACK (jaxlib 0.10's default, which every other program
+keeps); a custom VJP whose kernel gradient is one matmul over im2col patches; and one whose
+kernel gradient is nine matmuls over shifted inputs (both compiled like the train step). It
+checks that every way's gradients match XLA's before timing them. Six conv + SiLU layers,
+batch 32.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dalle2_jax.parallel.host_cpu import configure_cpu_backend
+from dalle2_jax.parallel.host_cpu import configure_cpu_backend, training_compiler_options
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 LAYERS = 6
@@ -72,8 +72,10 @@ def loss(conv, kernels, x):
 
 def main() -> None:
     configure_cpu_backend()
-    ways = {"xla": xla_conv, "im2col": with_kernel_grad(kernel_grad_im2col),
-            "shifted": with_kernel_grad(kernel_grad_shifted)}
+    training = training_compiler_options("cpu")
+    ways = {"xla": (xla_conv, training), "xla_ynnpack": (xla_conv, None),
+            "im2col": (with_kernel_grad(kernel_grad_im2col), training),
+            "shifted": (with_kernel_grad(kernel_grad_shifted), training)}
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     rng = np.random.default_rng(0)
@@ -82,7 +84,8 @@ def main() -> None:
         x = jax.device_put(jnp.asarray(rng.normal(size=(batch, side, side, channels)), jnp.float32), batch_sharding)
         kernels = [jnp.asarray(rng.normal(size=(3, 3, channels, channels)) / np.sqrt(9 * channels), jnp.float32)
                    for _ in range(LAYERS)]
-        steps = {k: jax.jit(jax.grad(functools.partial(loss, conv), argnums=(0, 1))) for k, conv in ways.items()}
+        steps = {k: jax.jit(jax.grad(functools.partial(loss, conv), argnums=(0, 1)), compiler_options=options)
+                 for k, (conv, options) in ways.items()}
         reference = jax.tree.leaves(steps["xla"](kernels, x))
         for name, step in steps.items():
             error = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))

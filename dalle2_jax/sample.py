@@ -170,7 +170,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {e}")
     from dalle2_jax.parallel.host_cpu import configure_cpu_backend
 
-    configure_cpu_backend(_NUM_CPU_DEVICES.value, batch_invariant=True)  # for the inversions
+    configure_cpu_backend(_NUM_CPU_DEVICES.value)
     from dalle2_jax import images
     from dalle2_jax.parallel.mesh import ConfigError
     from dalle2_jax.pipeline import Pipeline

@@ -1,10 +1,10 @@
-"""The CPU backend's setup: device count and the Eigen-convolutions flag, and when it is left out.
+"""The CPU backend's setup: the device count, and the train step's Eigen-convolutions option and
+when it is left out."""
 
-(That this jaxlib accepts the flag, which XLA would otherwise abort on, is exercised by every
-command-line test: `dalle2_jax.train` and `dalle2_jax.sample` set it in their subprocesses.)
-"""
+import re
 
 import jax
+import jax.numpy as jnp
 import jaxlib
 import pytest
 
@@ -19,29 +19,49 @@ def updates(monkeypatch):
     return calls
 
 
-def test_splits_the_cpu_and_adds_the_flag_to_the_users_flags(monkeypatch, updates):
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-    monkeypatch.setattr(jaxlib, "__version__", "0.10.2")
+def test_splits_the_cpu(updates):
     host_cpu.configure_cpu_backend(3)
     assert updates == [("jax_num_cpu_devices", 3)]
-    assert host_cpu.os.environ["XLA_FLAGS"].split() == [
-        "--xla_force_host_platform_device_count=8", host_cpu.CONVOLUTIONS_ON_EIGEN]
 
 
 def test_zero_devices_means_one_per_core(monkeypatch, updates):
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
     monkeypatch.setattr(host_cpu.os, "cpu_count", lambda: 5)
     host_cpu.configure_cpu_backend()
     assert updates == [("jax_num_cpu_devices", 5)]
 
 
-@pytest.mark.parametrize("flags, version, batch_invariant", [
-    ("--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", "0.10.2", False),
-    ("", "0.11.0", False),  # a jaxlib the flag was not measured on (it might not know it, and abort)
-    ("--xla_force_host_platform_device_count=8", "0.10.2", True),  # the sample command's inversions
+def test_training_on_the_cpu_gets_eigen_convolutions(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    monkeypatch.setattr(jaxlib, "__version__", "0.10.2")
+    assert host_cpu.training_compiler_options("cpu") == host_cpu.TRAINING_OPTIONS
+
+
+@pytest.mark.parametrize("platform, flags, version", [
+    ("tpu", "", "0.10.2"),  # other backends keep their defaults (also when compiled from a CPU host)
+    ("gpu", "", "0.10.2"),
+    ("cpu", "--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", "0.10.2"),
+    ("cpu", "", "0.11.0"),  # a jaxlib the option was not measured on (it might not know the value)
 ])
-def test_leaves_the_flag_out(monkeypatch, updates, flags, version, batch_invariant):
+def test_leaves_the_option_out(monkeypatch, platform, flags, version):
     monkeypatch.setenv("XLA_FLAGS", flags)
     monkeypatch.setattr(jaxlib, "__version__", version)
-    host_cpu.configure_cpu_backend(2, batch_invariant=batch_invariant)
-    assert host_cpu.os.environ["XLA_FLAGS"] == flags
+    assert host_cpu.training_compiler_options(platform) is None
+
+
+def ynnpack_ops(compiler_options) -> list[str]:
+    """The ops a conv + dot program hands to YNNPACK when compiled with `compiler_options`."""
+    def conv_then_dot(x, kernel, w):
+        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y @ w
+
+    args = (jnp.ones((8, 16, 16, 64)), jnp.ones((3, 3, 64, 64)), jnp.ones((64, 64)))  # the decoder's sizes
+    hlo = jax.jit(conv_then_dot, compiler_options=compiler_options).lower(*args).compile().as_text()
+    # Each YNNPACK fusion calls a fused computation; list the op each of those computes.
+    called = re.findall(r"%ynn_fusion\S* = .*calls=(%[\w.]+)", hlo)
+    return sorted(re.search(rf"{re.escape(c)} .*?ROOT \S+ = \S+ (\w+)\(", hlo, re.S).group(1) for c in called)
+
+
+@pytest.mark.skipif(not jaxlib.__version__.startswith(host_cpu.VERIFIED_JAXLIB), reason="jaxlib not verified")
+def test_the_option_moves_only_the_convolutions_off_ynnpack():
+    assert ynnpack_ops(None) == ["convolution", "dot"]  # jaxlib's default: both on YNNPACK
+    assert ynnpack_ops(host_cpu.TRAINING_OPTIONS) == ["dot"]

@@ -137,7 +137,7 @@ def main(argv: list[str]) -> None:
         sys.exit("error: --workdir is required")
     from dalle2_jax.parallel.host_cpu import configure_cpu_backend
 
-    configure_cpu_backend(batch_invariant=True)  # for the inversions
+    configure_cpu_backend()
     from etils import epath
 
     from dalle2_jax import images

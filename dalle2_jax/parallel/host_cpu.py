@@ -1,33 +1,37 @@
-"""The CPU backend's setup: one device per core, and XLA:CPU's convolutions run by Eigen in training.
+"""The CPU backend's setup: one device per core, and XLA:CPU's convolutions on Eigen in training.
 
-Both must happen before JAX starts a backend (the first computation or device query); every
-command line calls `configure_cpu_backend` first. On GPU and TPU hosts the CPU backend exists as
-well, so the settings are harmless there.
+`configure_cpu_backend` splits the host CPU into devices; it must run before JAX starts a
+backend (the first computation or device query), so every command line calls it first. On GPU
+and TPU hosts the CPU backend exists as well, so it is harmless there.
 
-Why Eigen for convolutions: jaxlib 0.10 hands convolutions to YNNPACK by default, which runs the
-UNets' 3 x 3 convolutions, and most of all their kernel gradients (a convolution whose window is
-the whole feature map), far slower than XLA's Eigen path. Measured on this project's 2-core AMD
-EPYC machine (2026-11-28): six conv + SiLU layers forward and backward (`bench/conv_gradients.py`)
-82 -> 110 GFLOP/s at 16 x 16 and 64 channels, 85 -> 114 at 8 x 8 and 128; the shapes decoder's
-train step (`bench/ab_train.py`, alternating 20 s turns) 132 steps against 112, 18% faster.
-YNNPACK stays on for matmuls, where it is faster at these sizes.
+`training_compiler_options` is what the training loop's `jax.jit` of the train step passes as
+`compiler_options`: on the CPU backend it routes that one program's convolutions to Eigen, while
+every other program (evaluation, embeddings, sampling, the image manipulations) keeps jaxlib's
+default, YNNPACK. Why both:
 
-But Eigen's convolutions are not batch-invariant (an image's result can differ in the last bit
-with the batch it is computed in; YNNPACK's did not, measured), and the image manipulations
-depend on that: on flat renders the DDIM-inverted latent that reproduces an image is degenerate
-(standard deviation ~50, pipeline.py) and amplifies such differences. On the main job's run of
-3469b2f (8 sources), variations differed from one another by 18.7 (0-255) with Eigen against 3.6
-with YNNPACK (the dataset's own renders: 3.6), and interpolation endpoints kept their sources'
-attributes 87.5% against 100%. So the commands that invert images (`dalle2_jax.sample`, the
-manipulations evaluation) ask for `batch_invariant=True` and keep YNNPACK; training and
-text-to-image take the speed. Later measured (2026-11-28): the decoder's compiled sampling loop on
-Eigen is not even run-to-run deterministic (six calls with the same inputs and key, one process,
-differed by up to 1.9 on pixels in [-1, 1]; none on YNNPACK), which may be the larger part of the
-inversions' trouble. The train command's final text to image therefore varies between reruns of
-the same weights (README); its training steps did not.
+- Eigen trains faster. jaxlib 0.10 hands convolutions to YNNPACK by default, which runs the
+  UNets' 3 x 3 convolutions, and most of all their kernel gradients (a convolution whose window
+  is the whole feature map), far slower than Eigen. Measured on this project's 2-core AMD EPYC
+  machine (2026-11-28): six conv + SiLU layers forward and backward (`bench/conv_gradients.py`)
+  82 -> 110 GFLOP/s at 16 x 16 and 64 channels, 85 -> 114 at 8 x 8 and 128; the shapes decoder's
+  train step (`bench/ab_train.py`, alternating 20 s turns) 132 steps against 112, 18% faster.
+  YNNPACK stays on for matmuls, where it is faster at these sizes.
+- YNNPACK samples reproducibly. The decoder's compiled sampling loop on Eigen is not run-to-run
+  deterministic (six calls with the same weights, inputs and key in one process differed by up to
+  1.9 on pixels in [-1, 1]; none on YNNPACK, 2026-11-28), and Eigen's convolutions are not
+  batch-invariant (an image's result changed in the last bit between batch 8 and 16; YNNPACK's
+  did not at 1, 4, 8 or 12). The image manipulations depend on both: on flat renders the
+  DDIM-inverted latent that reproduces an image is degenerate (standard deviation ~50,
+  pipeline.py) and amplifies such differences (on 8 sources of one run, variations differed from
+  one another by 18.7 (0-255) on Eigen against 3.6 on YNNPACK, the dataset's own spread). And
+  forward-only sampling loses nothing on YNNPACK: the shapes decoder's 50-step sampler ran at
+  1.15-1.25 images/s on either (`bench/image_sampling.py`, alternating runs, 2026-12-06).
+  Training steps on Eigen were deterministic run to run (identical losses over whole main jobs).
 
-XLA aborts the process on a flag it does not know, and this one is experimental, so it is set
-only on the jaxlib versions it was measured on; a user's own `XLA_FLAGS` setting of it wins.
+Until 2026-12-06 the choice was process-wide (`XLA_FLAGS`), so the train command's final text to
+image ran on Eigen and varied between reruns of the same weights; per-program options remove that.
+The option is experimental (XLA rejects a value it does not know), so it is passed only on the
+jaxlib versions it was measured on, and a user's own `XLA_FLAGS` setting of it wins everywhere.
 """
 
 from __future__ import annotations
@@ -36,22 +40,31 @@ import os
 
 from absl import logging
 
-CONVOLUTIONS_ON_EIGEN = "--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
-VERIFIED_JAXLIB = ("0.10.",)  # version prefixes the flag exists in and was measured on
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+# jaxlib 0.10's default hands single dots, single convolutions and reductions to YNNPACK; the
+# training step keeps all but the convolutions (the option's value replaces the whole list; this
+# compiles the same program as XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-<convolutions>).
+TRAINING_OPTIONS = {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+VERIFIED_JAXLIB = ("0.10.",)  # version prefixes the option exists in and was measured on
 
 
-def configure_cpu_backend(num_devices: int = 0, batch_invariant: bool = False) -> None:
-    """Splits the host CPU into `num_devices` devices (0: one per core) and, unless
-    `batch_invariant`, routes its convolutions to Eigen; call before anything asks JAX for a device."""
+def configure_cpu_backend(num_devices: int = 0) -> None:
+    """Splits the host CPU into `num_devices` devices (0: one per core); call before anything
+    asks JAX for a device."""
     import jax
-    import jaxlib
 
     jax.config.update("jax_num_cpu_devices", num_devices or os.cpu_count() or 1)
-    xla_flags = os.environ.get("XLA_FLAGS", "")
-    if batch_invariant or "xla_cpu_experimental_ynn_fusion_type" in xla_flags:
-        return  # YNNPACK's convolutions, or the user chose
+
+
+def training_compiler_options(platform: str) -> dict[str, str] | None:
+    """`compiler_options` for jitting a train step that runs on `platform`'s devices: on "cpu",
+    convolutions on Eigen (see the module docstring); else None (the backend's defaults)."""
+    import jaxlib
+
+    if platform != "cpu" or YNN_FUSION_OPTION in os.environ.get("XLA_FLAGS", ""):
+        return None  # not the CPU, or the user chose
     if not jaxlib.__version__.startswith(VERIFIED_JAXLIB):
-        logging.info("jaxlib %s: leaving XLA:CPU's convolutions to its default library (the Eigen "
-                     "setting was measured on %s).", jaxlib.__version__, ", ".join(VERIFIED_JAXLIB))
-        return
-    os.environ["XLA_FLAGS"] = f"{xla_flags} {CONVOLUTIONS_ON_EIGEN}".strip()
+        logging.info("jaxlib %s: leaving XLA:CPU's convolutions in training to its default library "
+                     "(the Eigen setting was measured on %s).", jaxlib.__version__, ", ".join(VERIFIED_JAXLIB))
+        return None
+    return dict(TRAINING_OPTIONS)

@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec
 
 from dalle2_jax import images
 from dalle2_jax.data import pipeline
-from dalle2_jax.parallel import distributed, sharding
+from dalle2_jax.parallel import distributed, host_cpu, sharding
 from dalle2_jax.parallel import mesh as mesh_lib
 from dalle2_jax.parallel import rules as rules_lib
 from dalle2_jax.stages.base import Stage
@@ -149,9 +149,12 @@ def initial_state_fn(stage: Stage, tx: optax.GradientTransformation, ema_decay: 
 
 def jit_train_step(train_step: Callable, state_shardings: Any, batch_sharding: Any) -> Callable:
     """`train_step(state, batch, frozen)` jitted as the loop runs it: the state sharded by its
-    specs and donated, the batch over the batch axes, frozen parameters where they are placed."""
+    specs and donated, the batch over the batch axes, frozen parameters where they are placed; on
+    the CPU with its convolutions on Eigen (`parallel/host_cpu.py`)."""
     return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, None),
-                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+                   out_shardings=(state_shardings, None), donate_argnums=(0,),
+                   compiler_options=host_cpu.training_compiler_options(
+                       next(iter(batch_sharding.device_set)).platform))
 
 
 def state_specs(stage: Stage, tx: optax.GradientTransformation, abstract_state: TrainState,
