@@ -88,6 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.async_checkpointing = True  # write checkpoints in the background
     c.train.max_nonfinite_in_a_row = 10  # stop after this many skipped (non-finite) steps in a row
     c.train.peak_flops_per_device = 0.0  # for MFU; 0 = the device table (CPU: measured matmul rate)
+    # jax.profiler trace of this many train steps into WORKDIR/profile (TensorBoard's Profile tab,
+    # or `jax.profiler.ProfileData.from_file`), from step train.profile_from_step on; 0 = none.
+    c.train.profile_steps = 0
+    c.train.profile_from_step = 20  # after compilation and the first steps' warm-up
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis size (-1 = the devices left over)
@@ -144,6 +148,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _positive(config, "train.num_steps", "train.grad_accum_steps", "train.log_every",
               "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
               "train.max_nonfinite_in_a_row", "data.batch_size", "data.eval_batch_size")
+    if config.train.profile_steps:
+        _positive(config, "train.profile_steps", "train.profile_from_step")
+        if config.train.profile_from_step + config.train.profile_steps > config.train.num_steps:
+            raise ConfigError(
+                f"train.profile_from_step={config.train.profile_from_step} + train.profile_steps="
+                f"{config.train.profile_steps} is past train.num_steps={config.train.num_steps}")
     if config.optim.schedule not in ("cosine", "constant"):
         raise ConfigError(f"optim.schedule={config.optim.schedule!r}: expected 'cosine' or 'constant'")
     if not 0.0 <= config.optim.ema_decay < 1.0:

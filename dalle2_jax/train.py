@@ -38,7 +38,8 @@ RESUMABLE_CHANGES = (
     "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.async_checkpointing", "data.num_threads", "data.prefetch",
     "data.eval_batch_size", "data.eval_limit", "data.data_dir",
-    "prior.eval_limit", "sampling.", "train.peak_flops_per_device",
+    "prior.eval_limit", "sampling.", "train.peak_flops_per_device", "train.profile_steps",
+    "train.profile_from_step",
     # How the work is laid out on devices: the same experiment, numerically equal up to rounding.
     "mesh.", "sharding.", "model.remat",
 )

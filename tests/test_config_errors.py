@@ -62,6 +62,8 @@ def test_unknown_field_in_a_config_file():
         ("model.vision.patch_size", 5, r"model.vision.patch_size=5 does not divide .*data.resolution=32"),
         ("model.text.num_heads", 3, r"model.text.num_heads=3 must divide model.text.width=128"),
         ("train.grad_accum_steps", 3, r"train.grad_accum_steps=3"),
+        ("train.profile_steps", 5000, r"train.profile_from_step=20 \+ train.profile_steps=5000 is past"),
+        ("train.profile_steps", -1, r"train.profile_steps=-1: must be a positive integer"),
         ("dtype", "float8", r"dtype='float8'"),
         ("stage", "painter", r"stage='painter'"),
     ],

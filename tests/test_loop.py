@@ -76,6 +76,15 @@ def test_toy_stage_learns_and_evaluates(tmp_path):
     assert (tmp_path / "checkpoints" / "30").exists()
 
 
+def test_profile_traces_the_steps_asked_for(tmp_path):
+    train_and_evaluate(toy_config(num_steps=6, profile_steps=2, profile_from_step=3), str(tmp_path), ToyStage())
+    traces = list((tmp_path / "profile").glob("plugins/profile/*/*.xplane.pb"))
+    assert len(traces) == 1
+    names = {event.name for plane in jax.profiler.ProfileData.from_file(str(traces[0])).planes
+             for line in plane.lines for event in line.events}
+    assert any("train_step" in name for name in names), sorted(names)[:20]
+
+
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     # With one NaN example among 64 and batches of 8 from a shuffled order, some steps see it.
     stage = ToyStage(nan_examples=(3,))

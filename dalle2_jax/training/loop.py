@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from clu import periodic_actions
 from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
@@ -313,6 +314,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
                                         "memory/state_bytes_per_device": float(state_bytes), **memory})
 
         timer = metrics_lib.StepTimer(step, num_steps)
+        # Every process traces its own devices (TensorBoard's Profile tab shows one host at a time).
+        profile = periodic_actions.Profile(
+            logdir=str(workdir / "profile"), num_profile_steps=train_cfg.profile_steps, profile_duration_ms=None,
+            first_profile=train_cfg.profile_from_step, every_secs=None) if train_cfg.profile_steps else None
         pending: list[dict[str, jax.Array]] = []
         previous_metrics = None
         batch = first_batch
@@ -333,6 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stage: S
                             f"{step} (train.max_nonfinite_in_a_row={train_cfg.max_nonfinite_in_a_row}); "
                             f"stopping. Checkpoints in {checkpointer.directory} are untouched.")
                 previous_metrics = step_metrics
+                if profile is not None:
+                    profile(step)
 
                 if step % train_cfg.log_every == 0 or step == num_steps:
                     host = jax.device_get(pending)
