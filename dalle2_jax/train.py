@@ -185,6 +185,9 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+    from dalle2_jax.parallel.host_cpu import restart_with_huge_page_malloc
+
+    restart_with_huge_page_malloc()
     app.run(main, flags_parser=_parse_flags)
 
 

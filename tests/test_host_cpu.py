@@ -1,7 +1,10 @@
-"""The CPU backend's setup: the device count, and the train step's Eigen-convolutions option and
-when it is left out."""
+"""The CPU backend's setup: the device count, the train step's Eigen-convolutions option and when
+it is left out, and the restart that gives malloc huge pages."""
 
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -65,3 +68,52 @@ def ynnpack_ops(compiler_options) -> list[str]:
 def test_the_option_moves_only_the_convolutions_off_ynnpack():
     assert ynnpack_ops(None) == ["convolution", "dot"]  # jaxlib's default: both on YNNPACK
     assert ynnpack_ops(host_cpu.TRAINING_OPTIONS) == ["dot"]
+
+
+@pytest.fixture
+def linux_host(monkeypatch, tmp_path):
+    """A host where the huge-page restart applies: glibc 2.36, THP in "madvise" mode, no tunables."""
+    mode = tmp_path / "enabled"
+    mode.write_text("always [madvise] never\n")
+    monkeypatch.setattr(host_cpu, "THP_MODE_FILE", str(mode))
+    monkeypatch.setattr(host_cpu.sys, "platform", "linux")
+    monkeypatch.setattr(host_cpu.os, "confstr", lambda name: "glibc 2.36")
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    return mode
+
+
+def test_huge_page_malloc_is_asked_for(linux_host, monkeypatch):
+    assert host_cpu.huge_page_malloc_environment()["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")  # the user's tunables are kept
+    assert (host_cpu.huge_page_malloc_environment()["GLIBC_TUNABLES"]
+            == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+
+
+@pytest.mark.parametrize("what, value", [
+    ("tunables", "glibc.malloc.hugetlb=0"),  # the user's choice (or the restarted process)
+    ("thp", "[always] madvise never"),  # nothing to gain
+    ("thp", "always madvise [never]"),  # nothing to get
+    ("libc", "glibc 2.34"),  # no such tunable
+    ("libc", ""),  # not glibc
+])
+def test_huge_page_malloc_is_left_alone(linux_host, monkeypatch, what, value):
+    if what == "tunables":
+        monkeypatch.setenv("GLIBC_TUNABLES", value)
+    elif what == "thp":
+        linux_host.write_text(value)
+    else:
+        monkeypatch.setattr(host_cpu.os, "confstr", lambda name: value)
+    assert host_cpu.huge_page_malloc_environment() is None
+
+
+@pytest.mark.skipif(host_cpu.huge_page_malloc_environment() is None,
+                    reason="this host gets no huge-page restart (see huge_page_malloc_environment)")
+def test_the_restart_runs_the_same_command_with_the_tunable():
+    code = ("import os, sys; from dalle2_jax.parallel import host_cpu; "
+            "print(os.getpid(), flush=True); host_cpu.restart_with_huge_page_malloc(); "
+            "print(os.getpid(), os.environ['GLIBC_TUNABLES'], sys.argv[1:])")
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    lines = subprocess.run([sys.executable, "-c", code, "an-argument"], env=env, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    pid = lines[0]  # printed again by the restarted process, which keeps the process id
+    assert lines == [pid, pid, f"{pid} glibc.malloc.hugetlb=1 ['an-argument']"]
