@@ -89,7 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.max_nonfinite_in_a_row = 10  # stop after this many skipped (non-finite) steps in a row
     c.train.peak_flops_per_device = 0.0  # for MFU; 0 = the device table (CPU: measured matmul rate)
     # jax.profiler trace of this many train steps into WORKDIR/profile (TensorBoard's Profile tab,
-    # or `jax.profiler.ProfileData.from_file`), from step train.profile_from_step on; 0 = none.
+    # or `jax.profiler.ProfileData.from_file`), from step train.profile_from_step on (a run
+    # resumed past that step traces nothing); 0 = none.
     c.train.profile_steps = 0
     c.train.profile_from_step = 20  # after compilation and the first steps' warm-up
 
