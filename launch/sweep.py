@@ -30,6 +30,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from etils import epath
 from flax import traverse_util
 
 from launch import command
@@ -84,20 +85,19 @@ def point_name(point: dict[str, str]) -> str:
 
 
 def record_sweep(workdir: str, record: dict) -> None:
-    """Writes WORKDIR/sweep.json, or checks that the one there records the same sweep."""
-    path = os.path.join(workdir, SWEEP_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    """Writes WORKDIR/sweep.json (a local path or a bucket's), or checks that the one there
+    records the same sweep."""
+    path = epath.Path(workdir) / SWEEP_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
         if saved != record:
             field = next(k for k in record if saved.get(k) != record[k])
             raise command.LaunchError(
                 f"{path} records a different sweep ({field}: {saved.get(field)} against {record[field]}); "
                 "use a new --workdir for a different experiment")
         return
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
 
 
 def plan(argv: list[str]) -> tuple[list[command.Step], bool]:
@@ -128,10 +128,10 @@ def plan(argv: list[str]) -> tuple[list[command.Step], bool]:
     if len(set(names)) != len(names):
         raise command.LaunchError("two points get the same directory name; make the --axis values differ in "
                                   "letters, digits or ._=,+-")
+    env = command.parse_env(args.env)
     if not args.dry_run:
         record_sweep(workdir, {"training_flags": common, "axes": axes, "points": names})
 
-    env = command.parse_env(args.env)
     steps = []
     for index, (point, name) in enumerate(zip(grid, names)):
         point_args = [*common, *(f"--config.{k}={v}" for k, v in point.items()),
@@ -151,29 +151,25 @@ def plan(argv: list[str]) -> tuple[list[command.Step], bool]:
 def last_evaluation(run_dir: str) -> dict[str, float] | None:
     """A point's final metrics: its metrics.jsonl's last evaluation, or its report.json (the
     multi-stage config), flattened; None before either exists."""
-    report = os.path.join(run_dir, "report.json")
-    if os.path.exists(report):
-        with open(report) as f:
-            flat = traverse_util.flatten_dict(json.load(f), sep="/")
+    report, metrics = epath.Path(run_dir) / "report.json", epath.Path(run_dir) / "metrics.jsonl"
+    if report.exists():
+        flat = traverse_util.flatten_dict(json.loads(report.read_text()), sep="/")
         return {k: v for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    metrics = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(metrics):
+    if not metrics.exists():
         return None
-    with open(metrics) as f:
-        records = [json.loads(line) for line in f if '"eval/' in line]
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if '"eval/' in line]
     return {k: v for k, v in records[-1].items() if k.startswith("eval/")} if records else None
 
 
 def report(workdir: str, metrics: Sequence[str]) -> str:
     """A table: one row per point of the sweep in `workdir`, its axis values and `metrics` (all of
     the first finished point's when empty); `-` where a point has not evaluated yet."""
-    path = os.path.join(workdir, SWEEP_FILE)
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / SWEEP_FILE
+    if not path.exists():
         raise command.LaunchError(f"--report={workdir}: no {SWEEP_FILE} there (not a sweep's workdir)")
-    with open(path) as f:
-        sweep = json.load(f)
+    sweep = json.loads(path.read_text())
     axes = list(sweep["axes"])
-    results = [last_evaluation(os.path.join(workdir, name)) for name in sweep["points"]]
+    results = [last_evaluation(str(epath.Path(workdir) / name)) for name in sweep["points"]]
     columns = list(metrics) or sorted(next((r for r in results if r), {}))
     rows = [[*axes, *columns]]
     for point, result in zip(points(sweep["axes"]), results):
