@@ -13,6 +13,11 @@ On CPU the run's own peak is a one-second measurement at its start, and this VM'
 by a third within minutes. So the script also measures the whole machine's matmul ceiling itself,
 for several seconds just before and just after the run, and prints the achieved FLOP/s as a
 fraction of the higher of the two: the figure the README quotes.
+
+The timed steps also read the dataset: the shapes stages' in-memory cache is empty in a fresh
+process, so each step's images are decoded on the cores that train (in the main job they come
+from the cache the CLIP stage filled). `--config.data.name=synthetic` feeds constant batches of
+the same shapes instead: the same compiled step and model FLOPs, without the input pipeline.
 """
 
 from __future__ import annotations
