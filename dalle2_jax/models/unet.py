@@ -48,8 +48,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from dalle2_jax.nn.attention import HeadsDense, MultiHeadAttention, fan_in_init
-from dalle2_jax.nn.axes import BATCH, CONV_IN, CONV_OUT, EMBED, LENGTH, MLP, NORM, VOCAB
+from dalle2_jax.nn.axes import BATCH, CONV_IN, CONV_OUT, EMBED, LENGTH, MLP, VOCAB
 from dalle2_jax.nn.embeddings import timestep_embedding
+from dalle2_jax.nn.group_norm import GroupNorm
 from dalle2_jax.nn.patches import from_patches, to_patches
 from dalle2_jax.nn.remat import remat_block
 from dalle2_jax.nn.transformer import Transformer, caption_positions, layer_norm
@@ -64,17 +65,9 @@ def num_groups(channels: int) -> int:
     return max(g for g in range(1, 33) if channels % g == 0)
 
 
-def group_norm(channels: int, name: str) -> nn.GroupNorm:
+def group_norm(channels: int, name: str) -> GroupNorm:
     """GroupNorm computed in float32 (ADM's GroupNorm32), with named scale and bias."""
-    return nn.GroupNorm(
-        num_groups=num_groups(channels),
-        epsilon=1e-5,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (NORM,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (NORM,)),
-        name=name,
-    )
+    return GroupNorm(num_groups=num_groups(channels), epsilon=1e-5, name=name)
 
 
 def conv(
@@ -154,13 +147,13 @@ class ResBlock(nn.Module):
     def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
         """[B, H, W, C] features and [B, D] embedding -> [B, H', W', out_channels] in `dtype`."""
         in_channels = x.shape[-1]
-        h = nn.silu(group_norm(in_channels, "norm_in")(x.astype(jnp.float32))).astype(self.dtype)
+        h = nn.silu(group_norm(in_channels, "norm_in")(x)).astype(self.dtype)
         h = resample(h, self.resample)
         x = resample(x, self.resample)
         h = conv(self.out_channels, 3, self.dtype, "conv_in")(h)
         scale_shift = dense(2 * self.out_channels, (EMBED, CONV_OUT), self.dtype, "emb")(nn.silu(emb))
-        scale, shift = jnp.split(scale_shift.astype(jnp.float32)[:, None, None, :], 2, axis=-1)
-        h = group_norm(self.out_channels, "norm_out")(h.astype(jnp.float32)) * (1 + scale) + shift
+        scale, shift = jnp.split(scale_shift.astype(jnp.float32), 2, axis=-1)
+        h = group_norm(self.out_channels, "norm_out")(h, scale, shift)
         h = nn.silu(h).astype(self.dtype)
         h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
         h = conv(self.out_channels, 3, self.dtype, "conv_out", zero=True)(h)
@@ -186,7 +179,7 @@ class AttentionBlock(nn.Module):
     ) -> jax.Array:
         """[B, H, W, C] -> [B, H, W, C]; context [B, Lc, Dc] with mask [B, Lc] (True: attend)."""
         batch, height, width, channels = x.shape
-        h = group_norm(channels, "norm")(x.astype(jnp.float32)).astype(self.dtype)
+        h = group_norm(channels, "norm")(x).astype(self.dtype)
         h = MultiHeadAttention(
             num_heads=channels // self.head_channels,
             dtype=self.dtype,
@@ -598,7 +591,7 @@ class UNet(nn.Module):
             if level:
                 h = res(channels, f"up_{level}_upsample", "up")(h, emb)
 
-        h = nn.silu(group_norm(h.shape[-1], "norm_out")(h.astype(jnp.float32)))
+        h = nn.silu(group_norm(h.shape[-1], "norm_out")(h))
         out = conv(self.out_channels * self.patch_size**2, 3, jnp.float32, "conv_out", zero=True,
                    channel_names=(CONV_IN, None))(h)
         return nn.with_logical_constraint(from_patches(out, self.patch_size), (BATCH, None, None, None))
