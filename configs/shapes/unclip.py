@@ -15,7 +15,8 @@ including the install (caa5c80, on a day the machine ran 20-30% faster) and 48:4
 9be4a6f, slower days); 36 min 48 s on the faster Intel machine of 2026-11-27; 41 min 52 s on a
 slow day since XLA's convolutions run on Eigen (b84b975, parallel/host_cpu.py). The samples'
 all-five attribute accuracy 91.7% seen / 54.2% held-out in the three AMD runs before that, 87.5%
-/ 58.3% in b84b975's (shape is the failing attribute). README has the per-stage numbers.
+/ 58.3% in b84b975's (shape is the failing attribute); 31 min 11 s and 93.8% / 75.0% with the
+1650-step decoder (b79612d, 2026-12-07). README has the per-stage numbers.
 """
 
 import importlib.util
