@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -83,6 +84,8 @@ def test_decoder_and_upsampler_config_errors_name_the_field(clip_workdir, shapes
         (decoder_config(clip_workdir, shapes_data_dir, **{"decoder.text_drop_prob": 1.0}), "decoder.text_drop_prob"),
         (decoder_config(clip_workdir, shapes_data_dir, **{"decoder.variation_eta": -0.5}),
          "decoder.variation_eta=-0.5"),
+        (decoder_config(clip_workdir, shapes_data_dir, **{"model.clip_embed_scale": -1.0}),
+         "model.clip_embed_scale=-1.0"),
         (decoder_config(clip_workdir, shapes_data_dir, **{"sampling.num_steps": 0}), "sampling.num_steps=0"),
         (decoder_config(clip_workdir, shapes_data_dir, **{"diffusion.objective": "score"}), "diffusion.objective"),
         (upsampler_config(shapes_data_dir, **{"model.attention_resolutions": (16,)}), "model.attention_resolutions"),
@@ -117,3 +120,17 @@ def test_paper_configs_have_the_papers_parameter_counts(path, paper):
     count = count_params(model_config)
     print(f"{path}: {count:,} parameters (paper: {paper:,.0f})")
     assert abs(count - paper) / paper < 0.15
+
+
+def test_decoder_scales_the_clip_embedding_to_unit_variance_and_old_runs_keep_theirs():
+    """`model.clip_embed_scale` 0 (the default) is sqrt(embed_dim); a run saved before the field
+    existed has none in its config and keeps the unscaled embedding it was trained on."""
+    config = load_config("configs/shapes/decoder.py")
+    clip = SimpleNamespace(embed_dim=16, context_length=8, tokenizer=SimpleNamespace(
+        vocab_size=32, pad_id=0, eot_id=2))
+    assert decoder.unet_config(config, clip).clip_embed_scale == 4.0
+    config.model.clip_embed_scale = 2.5
+    assert decoder.unet_config(config, clip).clip_embed_scale == 2.5
+    saved = config.to_dict()  # a run's config.json, as `load_finished_run` reads it back
+    del saved["model"]["clip_embed_scale"]
+    assert decoder.unet_config(ml_collections.ConfigDict(saved), clip).clip_embed_scale == 1.0

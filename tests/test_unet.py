@@ -138,6 +138,21 @@ def test_decoder_conditioning_paths(decoder):
     np.testing.assert_allclose(half[1], base[1], rtol=1e-6, atol=1e-6)
 
 
+def test_clip_embed_scale_multiplies_the_embedding_not_the_null(decoder):
+    """`clip_embed_scale` s on embedding e is the unscaled model on s * e; a dropped embedding
+    stays the learned null (the scale is not applied to it)."""
+    model, _, variables = decoder
+    scaled = model.clone(clip_embed_scale=3.0)
+    inputs = decoder_inputs()
+    np.testing.assert_allclose(run(scaled, variables, inputs),
+                               run(model, variables, inputs, clip_embed=3.0 * inputs["clip_embed"]),
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(run(scaled, variables, inputs), run(model, variables, inputs))
+    dropped = jnp.ones((B,), bool)
+    np.testing.assert_allclose(run(scaled, variables, inputs, drop_clip=dropped),
+                               run(model, variables, inputs, drop_clip=dropped), rtol=1e-6, atol=1e-6)
+
+
 def test_text_padding_does_not_change_the_output(decoder):
     model, _, variables = decoder
     inputs = decoder_inputs()

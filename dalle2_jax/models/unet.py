@@ -289,6 +289,8 @@ class UNet(nn.Module):
       head_channels: channels per attention head.
       dropout: dropout rate inside the ResBlocks (used when `train`).
       clip_embed_dim: size of the CLIP image embedding conditioning the model (None: none).
+      clip_embed_scale: factor on the (unit) CLIP embedding before its projections; sqrt of the
+        embedding size gives its coordinates unit variance, like the text encoder's outputs.
       clip_tokens: number of context tokens projected from the CLIP embedding (made only when
         the model has attention layers to use them).
       context_width: width of the context tokens; defaults to the text encoder's width, or to
@@ -313,6 +315,7 @@ class UNet(nn.Module):
     head_channels: int = 64
     dropout: float = 0.0
     clip_embed_dim: int | None = None
+    clip_embed_scale: float = 1.0
     clip_tokens: int = 4
     context_width: int | None = None
     text_encoder: TextEncoder | None = None
@@ -330,7 +333,8 @@ class UNet(nn.Module):
 
         Fields: image_size, channels, channel_mults, num_res_blocks, attention_resolutions;
         optional head_channels (64), dropout (0.0), in_channels (3), out_channels (3),
-        clip_embed_dim (None; the decoder stage fills it in from its CLIP), clip_tokens (4),
+        clip_embed_dim (None; the decoder stage fills it in from its CLIP), clip_embed_scale (1.0;
+        runs saved before the field existed read it so), clip_tokens (4),
         context_width (None), low_res_channels (0), coordinate_channels (False), clip_spatial (0),
         patch_size (1), remat ("none"), scan_layers (False: the caption encoder's blocks unrolled)
         and text (None, or {vocab_size, context_length, width, depth, num_heads}, with optional
@@ -368,6 +372,7 @@ class UNet(nn.Module):
             head_channels=cfg.get("head_channels", 64),
             dropout=cfg.get("dropout", 0.0),
             clip_embed_dim=cfg.get("clip_embed_dim"),
+            clip_embed_scale=cfg.get("clip_embed_scale", 1.0),
             clip_tokens=cfg.get("clip_tokens", 4),
             context_width=cfg.get("context_width"),
             text_encoder=text_encoder,
@@ -482,7 +487,7 @@ class UNet(nn.Module):
             context_mask.append(mask & ~dropped[:, None])
         if self.clip_embed_dim is not None:
             null_clip = self.param("null_clip_embed", _learned((None,)), (self.clip_embed_dim,), jnp.float32)
-            clip_embed = clip_embed.astype(jnp.float32)
+            clip_embed = clip_embed.astype(jnp.float32) * self.clip_embed_scale
             if drop_clip is not None:
                 clip_embed = jnp.where(drop_clip.astype(bool)[:, None], null_clip, clip_embed)
             emb = emb + dense(self.embed_width, (None, EMBED), self.dtype, "clip_to_emb")(clip_embed)

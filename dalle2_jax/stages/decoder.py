@@ -20,6 +20,7 @@ evaluator (`evaluation/shapes_attributes.py`); a grid of sources and decodings i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,6 +54,7 @@ def model_config() -> ml_collections.ConfigDict:
     m.attention_resolutions = (8,)  # feature-map sizes with attention (they see the text + CLIP tokens)
     m.head_channels = 64  # channels per attention head (paper: 64)
     m.dropout = 0.0  # inside the residual blocks
+    m.clip_embed_scale = 0.0  # factor on the unit CLIP embedding inside the UNet (0 = sqrt(embed dim))
     m.clip_tokens = 4  # context tokens projected from the CLIP embedding (paper: 4)
     m.coordinate_channels = False  # (x, y) input channels (not in the paper; see models/unet.py)
     m.clip_spatial = 0  # add a spatial projection of CLIP at this feature-map size (0 = off; not in the paper)
@@ -91,6 +93,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field in ("clip_drop_prob", "text_drop_prob"):
         if not 0.0 <= config.decoder[field] < 1.0:
             raise ConfigError(f"decoder.{field}={config.decoder[field]}: must be in [0, 1)")
+    if config.model.get("clip_embed_scale", 0.0) < 0:
+        raise ConfigError(f"model.clip_embed_scale={config.model.clip_embed_scale}: must be >= 0 "
+                          "(0 = sqrt of the CLIP embedding size)")
     if config.decoder.eval_limit < 1:
         raise ConfigError(f"decoder.eval_limit={config.decoder.eval_limit}: must be >= 1")
     for field in ("variation_eta", "text_diff_eta", "manipulation_guidance_scale"):
@@ -111,6 +116,8 @@ def unet_config(config: ml_collections.ConfigDict, clip: FrozenClip) -> ml_colle
         m.text = dict(vocab_size=clip.tokenizer.vocab_size, context_length=clip.context_length,
                       pad_id=clip.tokenizer.pad_id, eot_id=clip.tokenizer.eot_id, **text.to_dict())
     m.clip_embed_dim = clip.embed_dim
+    # Runs saved before the field existed fed the unit embedding as it is (1.0).
+    m.clip_embed_scale = m.get("clip_embed_scale", 1.0) or math.sqrt(clip.embed_dim)
     m.out_channels = image_diffusion.ImageDiffusion(config.diffusion, config.sampling).out_channels
     return m
 
