@@ -64,12 +64,12 @@ def test_manipulations_produce_images(pipeline):
 
 
 def test_manipulations_decode_at_the_runs_eta(pipeline, unclip_run, tmp_path):
-    # The main job's decoder config sets its own DDIM noise for the manipulations, and guides them as
-    # it guides text to image.
-    assert (pipeline.variation_eta, pipeline.text_diff_eta) == (0.9, 0.9)
-    assert pipeline.manipulation_guidance_scale == pipeline.sampling["decoder"].guidance_scale
+    # The main job's decoder config sets its own DDIM noise for the manipulations, and decodes them
+    # unguided where text to image is guided.
+    assert (pipeline.variation_eta, pipeline.text_diff_eta) == (1.0, 0.9)
+    assert pipeline.manipulation_guidance_scale == 1.0 != pipeline.sampling["decoder"].guidance_scale
     source = pipeline.input_image(pipeline.text_to_image(PROMPTS[:1], [0])[0])
-    np.testing.assert_array_equal(pipeline.variations(source, [1, 2]), pipeline.variations(source, [1, 2], eta=0.9))
+    np.testing.assert_array_equal(pipeline.variations(source, [1, 2]), pipeline.variations(source, [1, 2], eta=1.0))
     assert not np.array_equal(pipeline.variations(source, [1, 2]), pipeline.variations(source, [1, 2], eta=0.3))
     # A run trained before the fields existed reads the paper's defaults (variations 1, text diffs 0).
     older = tmp_path / "older"
@@ -132,7 +132,7 @@ def test_sample_command_writes_pngs_grid_and_manifest(unclip_run, tmp_path):
     variations = _sample(workdir, tmp_path / "var", "--mode=variations", f"--image={out / '0000.png'}", "--num=2")
     assert variations.returncode == 0, variations.stderr[-2000:]
     records = [json.loads(line) for line in (tmp_path / "var" / "manifest.jsonl").read_text().splitlines()]
-    assert len(records) == 2 and records[0]["eta"] == 0.9  # the run's decoder.variation_eta
+    assert len(records) == 2 and records[0]["eta"] == 1.0  # the run's decoder.variation_eta
 
 
 def test_finished_runs_load_on_another_device_count(unclip_run):
