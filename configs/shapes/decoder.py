@@ -13,7 +13,7 @@ evaluations (the hour matters; 22 minutes in the main job on the
 slower AMD EPYC machine of 2026-11-28, 18 since XLA's convolutions run on Eigen). Decoding true CLIP embeddings of
 128 images per split: all five attributes 82.8% validation / 64.8% held-out (background, color
 100%; size 98.4 / 93.0%; position 99.2 / 97.7%; shape 83.6 / 65.6%): shape was the weakest.
-With 1650 steps and the CLIP embedding scaled inside the UNet (model.clip_embed_scale, 4966fa0):
+With 1650 steps and the CLIP embedding scaled inside the UNet (model.clip_embed_scale, 05d7937):
 15 min in the main job of 2026-12-07, 32 images per split 100% / 93.8% all five (seed 1: 100 /
 87.5%), and as good without a caption (64 images: 98.4 / 70.3%). README has the rest.
 """
@@ -65,7 +65,7 @@ def get_config(arg: str | None = None):
     # unconditional model, is then 1% of the examples (0.1 x 0.1). Guidance 2 against 1 (weighting
     # above, caption dropped 50%, 64 validation images): 64% against 55% all five. These were
     # measured before the UNet scaled the CLIP embedding to unit variance per coordinate
-    # (model.clip_embed_scale, 4966fa0): the embedding then entered ~11x weaker than the caption.
+    # (model.clip_embed_scale, 05d7937): the embedding then entered ~11x weaker than the caption.
     # Since, at 10% the decoder decodes true embeddings without any caption as well as with one
     # (64 images, fresh noise: 98.4 / 70.3% all five, validation / held-out, against 25.0 / 10.9%).
     config.decoder.text_drop_prob = 0.1
@@ -79,7 +79,7 @@ def get_config(arg: str | None = None):
     # std ~50, not 1: it encodes the image, and eta decides how much of it the decoding keeps.
     # Before the UNet scaled the CLIP embedding (model.clip_embed_scale), the caption-less decoder
     # lost the shape at eta 1 (22% of variations kept all five attributes), so shapes used 0.9.
-    # Since (4966fa0, the main job's CLIP and prior, 24 validation images, 4 variations each, the
+    # Since (05d7937, the main job's CLIP and prior, 24 validation images, 4 variations each, the
     # manipulations then guided with 2, see below):
     # eta 0.9 / 1 kept all five 100 / 95.8% of the time and the variations differed from one
     # another by 2.1 / 2.4 (mean absolute pixel difference, 0-255; the dataset's own renders of
@@ -90,9 +90,9 @@ def get_config(arg: str | None = None):
     # 100% took it and 92 / 88 / 43% kept the rest; at 0 83 / 83 / 92% and 70 / 65 / 41%.
     config.decoder.text_diff_eta = 0.9
     # The manipulations decode with the conditional model alone (guidance 1), text to image with
-    # guidance 2. With 4966fa0's decoder, which follows the embedding, guidance 2's DDIM inversion
+    # guidance 2. With 05d7937's decoder, which follows the embedding, guidance 2's DDIM inversion
     # round-tripped 79.2% of 24 validation images with all five attributes (1 and 2 refinements
-    # per step too, 6: 70.8%), the unguided one 100%. The fresh main job of 3267f82, 24 sources,
+    # per step too, 6: 70.8%), the unguided one 100%. The fresh main job of 2f8bd9c, 24 sources,
     # guidance 1 against 2: interpolation endpoints 100 / 79.2%; variations (eta 1) kept all five
     # 96.9 / 95.8% and differed by 3.8 / 2.4 (the data: 3.3); the paper's text diffs (eta 0.9,
     # theta 0.25 / 0.5 / 0.75) took the new color 20.8 / 95.8 / 83.3% (66.7 / 95.8 / 83.3%) and of

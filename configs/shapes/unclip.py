@@ -16,7 +16,8 @@ including the install (caa5c80, on a day the machine ran 20-30% faster) and 48:4
 slow day since XLA's convolutions run on Eigen (b84b975, parallel/host_cpu.py). The samples'
 all-five attribute accuracy 91.7% seen / 54.2% held-out in the three AMD runs before that, 87.5%
 / 58.3% in b84b975's (shape is the failing attribute); 31 min 11 s and 93.8% / 75.0% with the
-1650-step decoder (b79612d, 2026-12-07). README has the per-stage numbers.
+1650-step decoder (b79612d, 2026-12-07); 27:51-28:42 and 100% / 100% once the decoder scaled the
+CLIP embedding (05d7937; three fresh runs the same day). README has the per-stage numbers.
 """
 
 import importlib.util
